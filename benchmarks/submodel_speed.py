@@ -1,14 +1,15 @@
 """Do sub-networks really train faster, as much as their MACs promise?
 
 For each model and keep share (uniform dropout on every group), times real single-threaded
-training steps (channel choice, sliced forward, cross-entropy, backward, SGD update: the
-step that :mod:`fleetsim.calibration` measures) and compares the measured speedup over the
-full network with the one predicted by the MAC ratio.
+training steps (channel choice, sliced forward, cross-entropy, backward, SGD update of the
+kept elements: the step the simulator trains and :mod:`fleetsim.calibration` measures) and
+compares the measured speedup over the full network with the one predicted by the MAC
+ratio.
 
 Two more columns say where a shortfall comes from. ``native`` is the speedup of a network
 *built* at the kept widths (no slicing at all): what the kernels give at those widths.
-``sliced/native`` is then what the slicing machinery costs (gathering the weights, the
-full-size gradients, the update of the full parameters). Times are medians; every repeat
+``sliced/native`` is then what the slicing machinery costs (cutting out the kept weights,
+writing the updated ones back). Times are medians; every repeat
 runs all configurations in turn, so slow drift of the host hits them all alike. Speedups
 are also given by the thread's CPU time, which other processes on the host do not inflate.
 
@@ -61,7 +62,6 @@ class Config:
         shape, classes = MODELS[arch]
         torch.manual_seed(seed)
         self.model: DroppableNet = build_model(arch, shape, classes, options).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3)
         self.x = torch.randn(batch, *shape)
         self.y = torch.randint(0, classes, (batch,))
         self.vector = [vector_rate] * len(self.model.groups)
@@ -70,7 +70,7 @@ class Config:
 
     def run(self, gen: torch.Generator, record: bool) -> None:
         w0, c0 = time.perf_counter(), time.thread_time()
-        train_step(self.model, self.opt, self.x, self.y, self.vector, gen)
+        train_step(self.model, self.x, self.y, self.vector, gen)
         if record:
             self.wall.append(time.perf_counter() - w0)
             self.cpu.append(time.thread_time() - c0)

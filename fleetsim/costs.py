@@ -10,10 +10,18 @@ calibration file (``time_s = a * MACs + b`` measured on this host by ``fleetsim 
 a step costs ``MACs + b / a`` *effective* MACs: the fixed per-step overhead ``b`` is scaled
 by the device's speed like everything else, and a device of peak ``1 / a`` is exactly
 this host.
+
+Channel blocks: vectorised CPU kernels (oneDNN's ``nChw16c`` layout with AVX-512, ``8c``
+with AVX2) process channels in blocks, so a 12-channel layer costs what a 16-channel one
+does. With ``channel_block`` B > 1 the step's *timed* MACs count every group's kept channels
+rounded up to a multiple of B (never beyond the group's size): the MACs the hardware
+executes. ``fleetsim profile`` finds the B that explains a host's step times best. Reported
+MACs, parameters, bytes and activations always stay exact.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,40 +49,64 @@ class CostModel:
     backward_factor : backward MACs per forward MAC (about 2)
     bytes_per_param : bytes per parameter on the wire
     overhead_macs : fixed effective MACs per step (``b / a`` of a calibration)
+    channel_block : kept channels are rounded up to a multiple of this in the timed MACs
+        (see the module docstring); 1 times exact MACs
     """
 
     def __init__(self, model: DroppableNet, backward_factor: float = 2.0,
-                 bytes_per_param: int = 4, overhead_macs: float = 0.0) -> None:
+                 bytes_per_param: int = 4, overhead_macs: float = 0.0,
+                 channel_block: int = 1) -> None:
+        if channel_block < 1:
+            raise ValueError(f"channel_block must be >= 1, got {channel_block}")
         self.model = model
         self.groups = model.groups
         self.n_groups = len(model.groups)
         self.backward_factor = backward_factor
         self.bytes_per_param = bytes_per_param
         self.overhead_macs = overhead_macs
+        self.channel_block = channel_block
         self._memo: dict[tuple[int, ...], tuple[int, int, int]] = {}
         self._vec_memo: dict[tuple[float, ...] | None, tuple[int, int, int]] = {}
+        self._timed_memo: dict[tuple[float, ...] | None, int] = {}
         full = self._per_sample(None)
         self.full_forward_macs, self.full_params, self.full_activations = full
 
-    def _per_sample(self, vector: Sequence[float] | None) -> tuple[int, int, int]:
-        # Hot path: the engine asks once per simulated mini-batch, so every vector (the
-        # full model's None and all-zero ones included) is answered from one dict lookup.
-        vkey = None if vector is None else tuple(vector)
-        hit = self._vec_memo.get(vkey)
-        if hit is not None:
-            return hit
+    def _key(self, vector: Sequence[float] | None) -> tuple[int, ...]:
+        """Kept channels per group, in group order."""
         if vector is None or not any(vector):
-            key: tuple[int, ...] = tuple(g.channels for g in self.groups)
-        else:
-            counts = kept_counts(self.groups, vector)
-            key = tuple(counts[g.name] for g in self.groups)
+            return tuple(g.channels for g in self.groups)
+        counts = kept_counts(self.groups, vector)
+        return tuple(counts[g.name] for g in self.groups)
+
+    def _measured(self, key: tuple[int, ...]) -> tuple[int, int, int]:
         hit = self._memo.get(key)
         if hit is None:
             counts = {g.name: k for g, k in zip(self.groups, key)}
             m = measure_on_cpu(self.model, counts)
             hit = (m.macs, m.params, m.activations)
             self._memo[key] = hit
-        self._vec_memo[vkey] = hit
+        return hit
+
+    def _per_sample(self, vector: Sequence[float] | None) -> tuple[int, int, int]:
+        # Hot path: the engine asks once per simulated mini-batch, so every vector (the
+        # full model's None and all-zero ones included) is answered from one dict lookup.
+        vkey = None if vector is None else tuple(vector)
+        hit = self._vec_memo.get(vkey)
+        if hit is None:
+            hit = self._vec_memo[vkey] = self._measured(self._key(vector))
+        return hit
+
+    def timed_forward_macs(self, vector: Sequence[float] | None) -> int:
+        """Forward MACs per sample that the step's time follows: exact MACs, or with
+        ``channel_block`` > 1 those of the kept channels rounded up to whole blocks."""
+        vkey = None if vector is None else tuple(vector)
+        hit = self._timed_memo.get(vkey)
+        if hit is None:
+            key, b = self._key(vector), self.channel_block
+            if b > 1:
+                key = tuple(min(g.channels, math.ceil(k / b) * b)
+                            for g, k in zip(self.groups, key))
+            hit = self._timed_memo[vkey] = self._measured(key)[0]
         return hit
 
     def step(self, vector: Sequence[float] | None, batch: int) -> StepCost:
@@ -83,8 +115,9 @@ class CostModel:
         return StepCost(fwd * batch * (1.0 + self.backward_factor), params, act * batch)
 
     def step_macs(self, vector: Sequence[float] | None, batch: int) -> float:
-        """Effective training MACs of one mini-batch (calibrated overhead included)."""
-        return self._per_sample(vector)[0] * batch * (1.0 + self.backward_factor) \
+        """Effective training MACs of one mini-batch: what its time follows (channel blocks
+        and the calibrated overhead included)."""
+        return self.timed_forward_macs(vector) * batch * (1.0 + self.backward_factor) \
             + self.overhead_macs
 
     def params(self, vector: Sequence[float] | None = None) -> int:

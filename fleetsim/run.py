@@ -29,7 +29,7 @@ class Built:
 
 
 def cost_model(sc: Scenario, model: Any) -> CostModel:
-    overhead = 0.0
+    overhead, block = 0.0, 1
     if sc.costs.calibration:
         from fleetsim.calibration import load_calibration
 
@@ -37,7 +37,11 @@ def cost_model(sc: Scenario, model: Any) -> CostModel:
         # A fitted intercept can come out slightly negative; a step never costs less than
         # its MACs, so clamp the fixed overhead at zero.
         overhead = max(cal.b_s, 0.0) / cal.a_s_per_mac
-    return CostModel(model, sc.costs.backward_factor, sc.costs.bytes_per_param, overhead)
+        block = cal.channel_block  # the fit's a and b hold for MACs counted this way
+    if sc.costs.channel_block is not None:
+        block = sc.costs.channel_block
+    return CostModel(model, sc.costs.backward_factor, sc.costs.bytes_per_param, overhead,
+                     block)
 
 
 def class_mean_availability(fleet: Fleet, seed: int, per_class: int = 32) -> tuple[float, ...]:

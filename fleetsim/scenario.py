@@ -182,6 +182,10 @@ class CostsConfig(Section):
     calibration: str | None = Field(None, description="calibration file from `fleetsim "
                                     "profile` (time_s = a*MACs + b)")
     bytes_per_param: int = Field(4, ge=1, description="bytes per parameter sent")
+    channel_block: int | None = Field(None, ge=1, description="time a step by its kept "
+                                      "channels rounded up to multiples of this (the SIMD "
+                                      "block of the device's kernels); default: the "
+                                      "calibration's, else 1 (exact MACs)")
 
 
 class DseConfig(Section):

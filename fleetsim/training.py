@@ -150,18 +150,18 @@ class Trainer:
                 keep = self._keep(job, j, None)
             ti = torch.from_numpy(idx)
             x, y = x_all[ti], y_all[ti]
-            out = model(x, keep)
+            # the sub-network's parameters as leaves of its own size (see DroppableNet.forward)
+            leaves: dict[str, Tensor] = {}
+            out = model(x, keep, leaves=leaves)
             loss = F.cross_entropy(out, y)
             if anchor is not None:
-                prox = sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
-                loss = loss + 0.5 * job.prox_mu * prox
+                loss = loss + 0.5 * job.prox_mu * self._prox(anchor, keep, leaves)
             for p in params.values():
                 p.grad = None
             loss.backward()
-            step_masks = None if keep is None else self._masks(keep)
-            self._sgd(lr, mom, wd, bufs, step_masks)
+            self._sgd(lr, mom, wd, bufs, keep, leaves)
             if not all_full:
-                all_full = _or_masks(masks, step_masks, self.mask_names)
+                all_full = self._cover(masks, keep)
             loss_sum = loss_sum + loss.detach()
         out_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         update = Update(job.device, job.weight, out_state, masks, job.steps)
@@ -175,60 +175,47 @@ class Trainer:
             g = torch_generator(self.sc.seed, "channels", job.round, job.device, step)
         return select_channels(self.model.groups, vec, job.mode, g, job.offset)
 
-    def _masks(self, keep: Keep) -> dict[str, Tensor | None]:
-        """Which elements of each tensor this step's sub-network contains."""
-        out: dict[str, Tensor | None] = {}
-        ch = self.model.group_channels
-        for name, spec in self.model.specs.items():
-            ro = keep.get(spec.out) if spec.out else None
-            ri = keep.get(spec.inp) if spec.inp else None
-            if ro is None and ri is None:
-                out[name] = None
-                continue
-            t = self.params.get(name)
-            if t is None:
-                t = self.float_buffers[name]
-            m = torch.zeros(t.shape[:2] if t.dim() >= 2 else t.shape[:1], dtype=torch.bool)
-            rows = torch.zeros(t.shape[0], dtype=torch.bool)
-            rows[ro if ro is not None else slice(None)] = True
-            if t.dim() == 1:
-                m = rows
-            else:
-                cols = torch.zeros(t.shape[1], dtype=torch.bool)
-                if ri is None:
-                    cols[:] = True
-                else:
-                    r = spec.inp_repeat
-                    cm = torch.zeros(ch[spec.inp], dtype=torch.bool)  # type: ignore[index]
-                    cm[ri] = True
-                    cols = cm.repeat_interleave(r)
-                m = rows[:, None] & cols[None, :]
-            out[name] = m.reshape(*m.shape, *([1] * (t.dim() - m.dim())))
-        return out
-
-    @torch.no_grad()
-    def _sgd(self, lr: float, mom: float, wd: float, bufs: dict[str, Tensor] | None,
-             masks: dict[str, Tensor | None] | None) -> None:
-        """SGD that touches only the elements of this step's sub-network.
-
-        Gradients are already zero outside the sub-network, so plain SGD needs no mask;
-        weight decay and momentum would move untrained elements, so they are masked.
-        """
+    def _prox(self, anchor: dict[str, Tensor], keep: Keep | None,
+              leaves: dict[str, Tensor]) -> Tensor:
+        """FedProx's ||w - w_global||^2 over the elements this step trains."""
+        total = torch.zeros(())
         for k, p in self.params.items():
-            g = p.grad
-            if g is None:
+            leaf = leaves.get(k)
+            if leaf is None:
+                total = total + ((p - anchor[k]) ** 2).sum()
+            else:
+                total = total + ((leaf - self.model.cut(k, anchor[k], keep)) ** 2).sum()  # type: ignore[arg-type]
+        return total
+
+    def _cover(self, acc: dict[str, Tensor | None], keep: Keep | None) -> bool:
+        """Mark in ``acc`` the elements this step's sub-network trained.
+
+        Per tensor, None means "every element" and a missing name "none yet"; masks have
+        the tensor's first one or two dims (channels), then singleton dims to broadcast.
+        Returns True once every tensor is fully covered (the caller can stop tracking).
+        """
+        full = True
+        for k in self.mask_names:
+            if k in acc and acc[k] is None:
                 continue
-            m = masks.get(k) if masks is not None else None
-            if wd > 0:
-                g = g.add(p, alpha=wd) if m is None else g + wd * p * m
-            if bufs is not None:
-                b = bufs[k]
-                if m is None:
-                    b.mul_(mom).add_(g)
-                else:
-                    b.copy_(torch.where(m, b * mom + g, b))
-                g = b if m is None else b * m
-            p.add_(g, alpha=-lr)
+            spec = self.model.specs[k]
+            if keep is None or not ((spec.out and spec.out in keep)
+                                    or (spec.inp and spec.inp in keep)):
+                acc[k] = None
+                continue
+            m = acc.get(k)
+            if m is None:
+                t = self.params[k] if k in self.params else self.float_buffers[k]
+                dims = min(t.dim(), 2)
+                m = acc[k] = torch.zeros(*t.shape[:dims], *([1] * (t.dim() - dims)),
+                                         dtype=torch.bool)
+            self.model.put(k, m, torch.ones_like(self.model.cut(k, m, keep)), keep)
+            full = False
+        return full
+
+    def _sgd(self, lr: float, mom: float, wd: float, bufs: dict[str, Tensor] | None,
+             keep: Keep | None, leaves: dict[str, Tensor]) -> None:
+        sgd_update(self.model, self.params, keep, leaves, lr, mom, wd, bufs)
 
     @torch.no_grad()
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:
@@ -245,20 +232,38 @@ class Trainer:
         return correct / len(y), loss / len(y)
 
 
-def _or_masks(acc: dict[str, Tensor | None], step: dict[str, Tensor | None] | None,
-              names: list[str]) -> bool:
-    """acc |= step, where None means "every element" and a missing key "none yet".
 
-    Returns True once every tensor is fully covered (the caller can stop tracking).
+@torch.no_grad()
+def sgd_update(model: DroppableNet, params: Mapping[str, Tensor], keep: Keep | None,
+               leaves: Mapping[str, Tensor], lr: float, momentum: float = 0.0,
+               weight_decay: float = 0.0, bufs: Mapping[str, Tensor] | None = None) -> None:
+    """SGD on the elements of one step's sub-network only.
+
+    A parameter the sub-network cuts has its gradient on its leaf (of the sub-network's
+    size, from ``model(x, keep, leaves=leaves)``): its kept elements, their momentum and
+    weight decay are cut out, updated and written back, so untrained elements do not move
+    and nothing full-size is touched. Other parameters take a plain SGD step.
+    ``bufs`` (momentum buffers, full-size) is needed when ``momentum`` > 0.
     """
-    full = True
-    for k in names:
-        if k in acc and acc[k] is None:
+    for k, p in params.items():
+        leaf = leaves.get(k)
+        if leaf is None:
+            g = p.grad
+            if g is None:
+                continue
+            if weight_decay > 0:
+                g = g.add(p, alpha=weight_decay)
+            if bufs is not None:
+                g = bufs[k].mul_(momentum).add_(g)
+            p.add_(g, alpha=-lr)
             continue
-        s = None if step is None else step.get(k)
-        if s is None:
-            acc[k] = None
+        g = leaf.grad
+        if g is None:
             continue
-        acc[k] = acc[k] | s if k in acc else s  # type: ignore[operator]
-        full = False
-    return full
+        w = leaf.detach()
+        if weight_decay > 0:
+            g = g + weight_decay * w
+        if bufs is not None:
+            g = model.cut(k, bufs[k], keep) * momentum + g  # type: ignore[arg-type]
+            model.put(k, bufs[k], g, keep)  # type: ignore[arg-type]
+        model.put(k, p, w.add(g, alpha=-lr), keep)  # type: ignore[arg-type]

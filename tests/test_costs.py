@@ -53,3 +53,33 @@ def test_missing_calibration_file_is_a_user_error(tmp_path: Path,
     code = main(["run", str(tmp_path / "s.yaml"), "--set", "costs.calibration=nope.json"])
     err = capsys.readouterr().err
     assert code == 2 and "nope.json" in err and "Traceback" not in err
+
+
+def test_channel_block_rounds_kept_channels_up_in_timed_macs_only() -> None:
+    m = build_model("cnn4", (1, 8, 8), 10, {"channels": [16, 32, 32, 32]})
+    exact, blocked = CostModel(m), CostModel(m, channel_block=16)
+    v = (0.25, 0.5, 0.6, 0.0)  # keeps 12, 16, 13, 32 channels
+    padded = m.measure({"c0": 16, "c1": 16, "c2": 16, "c3": 32}).macs
+    assert blocked.timed_forward_macs(v) == padded
+    assert blocked.step_macs(v, 4) == padded * 4 * 3
+    assert exact.step_macs(v, 4) == exact.step(v, 4).macs < blocked.step_macs(v, 4)
+    # what is reported stays exact
+    assert blocked.step(v, 4) == exact.step(v, 4)
+    assert blocked.model_bytes(v) == exact.model_bytes(v)
+    # whole blocks and the full network are unaffected; a group never grows past its size
+    whole = (0.0, 0.5, 0.5, 0.5)  # 16 channels each
+    assert blocked.step_macs(whole, 4) == exact.step_macs(whole, 4)
+    assert CostModel(m, channel_block=64).step_macs(v, 4) == exact.step_macs(None, 4)
+    with pytest.raises(ValueError, match="channel_block"):
+        CostModel(m, channel_block=0)
+
+
+def test_scenario_takes_channel_block_from_calibration_unless_set(tmp_path: Path) -> None:
+    write_calibration(Calibration(2e-9, 0.0, 0.99, "mlp", channel_block=8),
+                      tmp_path / "cal.json")
+    base = ["training.mode=timing", f"costs.calibration={tmp_path}/cal.json"]
+    assert build(load_scenario(None, base, text=ONE_DEVICE)).engine.costs.channel_block == 8
+    sc = load_scenario(None, [*base, "costs.channel_block=1"], text=ONE_DEVICE)
+    assert build(sc).engine.costs.channel_block == 1
+    sc = load_scenario(None, ["training.mode=timing"], text=ONE_DEVICE)
+    assert build(sc).engine.costs.channel_block == 1

@@ -9,7 +9,11 @@ The forward pass is functional over *sliced* weights: every parameter is cut (an
 ``index_select`` on the dimensions its :class:`ParamSpec` ties to groups) and the layers run
 at their reduced size, so compute, activation memory and wall time really shrink.
 The cut is differentiable: the gradient flows back onto exactly the kept elements of the
-full parameters (zeros elsewhere), with no copy-in/copy-out per step.
+full parameters (zeros elsewhere). For training, ``forward(..., leaves={})`` goes one step
+further: each cut parameter becomes a leaf tensor of the sub-network's size, so the
+backward pass writes nothing full-size, and the optimiser updates just the kept elements
+(:meth:`DroppableNet.cut` and :meth:`DroppableNet.put` move values between the full
+tensors and the sub-network's).
 
 An architecture subclasses :class:`DroppableNet`, declares its groups and param specs,
 and writes :meth:`DroppableNet.functional` with the helpers ``conv``, ``linear``, ``bn``
@@ -72,13 +76,46 @@ class ParamSpec:
     inp_repeat: int = 1
 
 
-class _SliceParam(torch.autograd.Function):
-    """``t`` cut to rows ``out_idx`` (dim 0) and input channels ``in_idx`` (dim 1).
+def _cut(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int) -> Tensor:
+    """``t`` cut to rows ``out_idx`` (dim 0) and input channels ``in_idx`` (dim 1); a copy.
 
     Dim 1 is cut through a ``(O, C, rest)`` view, ``rest`` being all that one input channel
     owns (``inp_repeat`` columns of a flattened feature map, a filter's kh x kw), so whole
-    contiguous blocks are copied rather than single elements. The backward writes the
-    gradient into one zero tensor of the full shape with a single index write.
+    contiguous blocks are copied rather than single elements.
+    """
+    if in_idx is None:
+        return t.index_select(0, out_idx)  # type: ignore[arg-type]
+    v = t.reshape(t.shape[0], t.shape[1] // repeat, -1)
+    if out_idx is not None:
+        v = v.index_select(0, out_idx)
+    v = v.index_select(1, in_idx)
+    return v.reshape(v.shape[0], v.shape[1] * repeat, *t.shape[2:])
+
+
+def _put(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int,
+         sub: Tensor) -> Tensor:
+    """Write ``sub`` (shaped like ``_cut(t, ...)``) into the kept elements of ``t``, in place.
+
+    Kept indices are distinct (``select_channels`` gives sorted unique ones), so one index
+    write puts every element exactly once.
+    """
+    if in_idx is None:
+        return t.index_copy_(0, out_idx, sub)  # type: ignore[arg-type]
+    channels = t.shape[1] // repeat
+    v = t.view(t.shape[0], channels, -1)
+    sv = sub.reshape(sub.shape[0], len(in_idx), -1)
+    if out_idx is None:
+        v.index_copy_(1, in_idx, sv)
+    else:
+        v.index_put_((out_idx[:, None], in_idx), sv)
+    return t
+
+
+class _SliceParam(torch.autograd.Function):
+    """:func:`_cut` as a differentiable operation.
+
+    The backward writes the gradient into one zero tensor of the full shape with a single
+    index write (:func:`_put`).
 
     Why not two chained ``index_select``: their backward builds two zero tensors (one of
     them full-size) and scatters twice, element by element along dim 1; for the dense
@@ -92,29 +129,14 @@ class _SliceParam(torch.autograd.Function):
                 repeat: int) -> Tensor:
         ctx.full_shape, ctx.repeat = t.shape, repeat  # type: ignore[attr-defined]
         ctx.save_for_backward(out_idx, in_idx)
-        if in_idx is None:
-            return t.index_select(0, out_idx)  # type: ignore[arg-type]
-        v = t.reshape(t.shape[0], t.shape[1] // repeat, -1)
-        if out_idx is not None:
-            v = v.index_select(0, out_idx)
-        v = v.index_select(1, in_idx)
-        return v.reshape(v.shape[0], v.shape[1] * repeat, *t.shape[2:])
+        return _cut(t, out_idx, in_idx, repeat)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, g: Tensor) -> tuple[Tensor, None, None, None]:
         out_idx, in_idx = ctx.saved_tensors  # type: ignore[attr-defined]
-        shape: torch.Size = ctx.full_shape  # type: ignore[attr-defined]
-        if in_idx is None:
-            return g.new_zeros(shape).index_copy_(0, out_idx, g), None, None, None
-        channels = shape[1] // ctx.repeat  # type: ignore[attr-defined]
-        full = g.new_zeros(shape[0], channels, shape.numel() // (shape[0] * channels))
-        gv = g.reshape(g.shape[0], len(in_idx), -1)
-        if out_idx is None:
-            full.index_copy_(1, in_idx, gv)
-        else:
-            full.index_put_((out_idx[:, None], in_idx), gv)
-        return full.view(shape), None, None, None
+        full = g.new_zeros(ctx.full_shape)  # type: ignore[attr-defined]
+        return _put(full, out_idx, in_idx, ctx.repeat, g), None, None, None  # type: ignore[attr-defined]
 
 
 class DroppableNet(nn.Module):
@@ -136,6 +158,7 @@ class DroppableNet(nn.Module):
     _keep: Keep | None = None
     _masked: bool = False
     _counter: ShapeCounter | None = None
+    _leaves: dict[str, Tensor] | None = None
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -162,19 +185,28 @@ class DroppableNet(nn.Module):
 
     # -- forward ----------------------------------------------------------------------
 
-    def forward(self, x: Tensor, keep: Keep | None = None, *, masked: bool = False) -> Tensor:
+    def forward(self, x: Tensor, keep: Keep | None = None, *, masked: bool = False,
+                leaves: dict[str, Tensor] | None = None) -> Tensor:
         """Run the network; with ``keep``, the sub-network of the kept channels.
 
         ``masked=True`` runs the full-size network and zeroes dropped channels instead (the
         reference implementation the tests compare the sliced sub-network against).
+
+        ``leaves``: a dict to fill, for training. Every parameter that ``keep`` cuts is then
+        a fresh leaf tensor holding a copy of its kept elements, stored here by name: after
+        ``backward()`` its ``.grad`` is the sub-network's gradient, of the sub-network's size,
+        and the full parameter gets none. Write results back with :meth:`put`. Parameters
+        that nothing cuts are used (and get gradients) as usual.
         """
         self._keep = keep if keep else None
         self._masked = masked and self._keep is not None
+        self._leaves = leaves if self._keep is not None and not self._masked else None
         try:
             return self.functional(x)
         finally:
             self._keep = None
             self._masked = False
+            self._leaves = None
 
     def functional(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -198,7 +230,33 @@ class DroppableNet(nn.Module):
         out_idx, in_idx = self._idx(spec.out), self._idx(spec.inp)
         if out_idx is None and in_idx is None:
             return t
+        if self._leaves is not None:
+            with torch.no_grad():
+                leaf = _cut(t, out_idx, in_idx, spec.inp_repeat)
+            self._leaves[name] = leaf.requires_grad_()
+            return leaf
         return _SliceParam.apply(t, out_idx, in_idx, spec.inp_repeat)  # type: ignore[no-any-return]
+
+    def _indices(self, name: str, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
+        spec = self.specs[name]
+        return (keep.get(spec.out) if spec.out else None,
+                keep.get(spec.inp) if spec.inp else None)
+
+    def cut(self, name: str, t: Tensor, keep: Keep) -> Tensor:
+        """The elements of ``t`` (shaped like tensor ``name``) that sub-network ``keep``
+        contains, as a new tensor of the sub-network's shape (``t`` itself if all)."""
+        out_idx, in_idx = self._indices(name, keep)
+        if out_idx is None and in_idx is None:
+            return t
+        return _cut(t, out_idx, in_idx, self.specs[name].inp_repeat)
+
+    def put(self, name: str, t: Tensor, sub: Tensor, keep: Keep) -> None:
+        """Write ``sub`` (what :meth:`cut` gives) into the kept elements of ``t``, in place."""
+        out_idx, in_idx = self._indices(name, keep)
+        if out_idx is None and in_idx is None:
+            t.copy_(sub)
+        else:
+            _put(t, out_idx, in_idx, self.specs[name].inp_repeat, sub)
 
     def conv(self, x: Tensor, name: str, **kw: object) -> Tensor:
         w = self.p(f"{name}.weight")

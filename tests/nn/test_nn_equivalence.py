@@ -155,3 +155,44 @@ def test_resnet_rescales_the_residual_stream_once() -> None:
     ratio = on.group_channels["stage3"] / len(keep["stage3"])
     assert ratio == 2.0
     torch.testing.assert_close(logits_on, logits_off * ratio, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_leaf_mode_gradients_are_the_kept_part_of_the_full_gradients(case: str) -> None:
+    """``leaves=`` (what training uses) gives the sliced path's gradients, cut to size."""
+    model = make(case)
+    state = copy.deepcopy(model.state_dict())
+    keep = select_channels(model.groups, _random_vector(model, seed=5), "random",
+                           torch.Generator().manual_seed(5))
+    assert keep is not None
+    x, y = batch(model, seed=5)
+    out_s, g_s = _loss_and_grads(model, x, y, keep=keep)
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    leaves: dict[str, Tensor] = {}
+    out_l = model(x, keep, leaves=leaves)
+    F.cross_entropy(out_l, y).backward()
+    assert torch.equal(out_l.detach(), out_s)
+    assert leaves, "some parameter must be cut"
+    for name, p in model.named_parameters():
+        if name in leaves:
+            assert p.grad is None, name  # nothing full-size
+            assert leaves[name].shape == model.cut(name, p.detach(), keep).shape
+            assert torch.equal(leaves[name].grad, model.cut(name, g_s[name], keep)), name
+        else:
+            assert torch.equal(p.grad, g_s[name]), name
+
+
+@pytest.mark.parametrize("case", ["cnn4", "femnist_cnn", "resnet8"])
+def test_cut_then_put_restores_and_put_writes_only_kept_elements(case: str) -> None:
+    model = make(case)
+    keep = select_channels(model.groups, [0.5] * len(model.groups), "random",
+                           torch.Generator().manual_seed(1))
+    assert keep is not None
+    for name, p in model.named_parameters():
+        t = p.detach().clone()
+        sub = model.cut(name, t, keep)
+        model.put(name, t, sub.neg(), keep)
+        kept = _kept_mask(model, name, keep)
+        assert torch.equal(t[kept], -p.detach()[kept]), name
+        assert torch.equal(t[~kept], p.detach()[~kept]), name
