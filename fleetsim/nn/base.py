@@ -81,15 +81,25 @@ def _cut(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int) 
 
     Dim 1 is cut through a ``(O, C, rest)`` view, ``rest`` being all that one input channel
     owns (``inp_repeat`` columns of a flattened feature map, a filter's kh x kw), so whole
-    contiguous blocks are copied rather than single elements.
+    contiguous blocks are copied rather than single elements. Cut on both dims, the kept
+    (row, channel) blocks are gathered in one pass through an ``(O * C, rest)`` view: two
+    chained ``index_select`` would copy an intermediate as large again (3.5x slower for a
+    FEMNIST CNN dense layer at keep 0.5).
     """
     if in_idx is None:
         return t.index_select(0, out_idx)  # type: ignore[arg-type]
-    v = t.reshape(t.shape[0], t.shape[1] // repeat, -1)
-    if out_idx is not None:
-        v = v.index_select(0, out_idx)
-    v = v.index_select(1, in_idx)
-    return v.reshape(v.shape[0], v.shape[1] * repeat, *t.shape[2:])
+    o, c = t.shape[0], t.shape[1] // repeat
+    if out_idx is None:
+        v = t.reshape(o, c, -1).index_select(1, in_idx)
+    else:
+        v = t.reshape(o * c, -1).index_select(0, _blocks(out_idx, in_idx, c))
+    return v.reshape(len(out_idx) if out_idx is not None else o, len(in_idx) * repeat,
+                     *t.shape[2:])
+
+
+def _blocks(out_idx: Tensor, in_idx: Tensor, channels: int) -> Tensor:
+    """Row-major indices of the kept (row, channel) blocks in an ``(O * C, rest)`` view."""
+    return (out_idx[:, None] * channels + in_idx).flatten()
 
 
 def _put(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int,
@@ -101,13 +111,12 @@ def _put(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int,
     """
     if in_idx is None:
         return t.index_copy_(0, out_idx, sub)  # type: ignore[arg-type]
-    channels = t.shape[1] // repeat
-    v = t.view(t.shape[0], channels, -1)
-    sv = sub.reshape(sub.shape[0], len(in_idx), -1)
+    o, c = t.shape[0], t.shape[1] // repeat
     if out_idx is None:
-        v.index_copy_(1, in_idx, sv)
+        t.view(o, c, -1).index_copy_(1, in_idx, sub.reshape(o, len(in_idx), -1))
     else:
-        v.index_put_((out_idx[:, None], in_idx), sv)
+        t.view(o * c, -1).index_copy_(0, _blocks(out_idx, in_idx, c),
+                                      sub.reshape(len(out_idx) * len(in_idx), -1))
     return t
 
 

@@ -156,12 +156,12 @@ class CNN4(DroppableNet):
             h = self.conv(h, f"convs.{i}", padding=1)
             if self.use_bn:
                 h = self.bn(h, f"bns.{i}")
-            h = F.relu(h)
+            # ReLU after pooling: both are monotone, so relu(pool(h)) == pool(relu(h)) bit
+            # for bit (gradients too), and the ReLU touches 4x fewer elements. Likewise
+            # drop() after pooling: it commutes with zeroing and with a positive scale.
             if i % 2 == 1:
                 h = max_pool2(h)
-            # after pooling: max-pooling commutes with zeroing and with a positive scale,
-            # and the rescale then touches 4x fewer elements
-            h = self.drop(h, f"c{i}")
+            h = self.drop(F.relu(h), f"c{i}")
         return self.linear(h.flatten(1), "head")
 
 
@@ -171,8 +171,8 @@ class _TwoConvCNN(DroppableNet):
 
     Groups, in order: ``conv1``, ``conv2`` (the filters of the convolutions) and ``fc1``
     (the dense units). The classifier's outputs are never dropped. ``drop`` sits after each
-    group's ReLU (and pooling: max-pooling commutes with zeroing and with a positive scale,
-    and the rescale then touches 4x fewer elements).
+    group's pooling and ReLU (both commute with zeroing and with a positive scale, and the
+    rescale then touches 4x fewer elements).
     """
 
     class Options(ModelOptions):
@@ -204,8 +204,9 @@ class _TwoConvCNN(DroppableNet):
         self.finish_init()
 
     def functional(self, x: Tensor) -> Tensor:
-        h = self.drop(max_pool2(F.relu(self.conv(x, "conv1", padding=2))), "conv1")
-        h = self.drop(max_pool2(F.relu(self.conv(h, "conv2", padding=2))), "conv2")
+        # relu(pool(.)) == pool(relu(.)) exactly, and is cheaper (see CNN4.functional)
+        h = self.drop(F.relu(max_pool2(self.conv(x, "conv1", padding=2))), "conv1")
+        h = self.drop(F.relu(max_pool2(self.conv(h, "conv2", padding=2))), "conv2")
         h = self.drop(F.relu(self.linear(h.flatten(1), "fc1")), "fc1")
         return self.linear(h, "head")
 
