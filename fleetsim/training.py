@@ -232,7 +232,6 @@ class Trainer:
         return correct / len(y), loss / len(y)
 
 
-
 @torch.no_grad()
 def sgd_update(model: DroppableNet, params: Mapping[str, Tensor], keep: Keep | None,
                leaves: Mapping[str, Tensor], lr: float, momentum: float = 0.0,
