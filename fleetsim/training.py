@@ -265,4 +265,5 @@ def sgd_update(model: DroppableNet, params: Mapping[str, Tensor], keep: Keep | N
         if bufs is not None:
             g = model.cut(k, bufs[k], keep) * momentum + g  # type: ignore[arg-type]
             model.put(k, bufs[k], g, keep)  # type: ignore[arg-type]
-        model.put(k, p, w.add(g, alpha=-lr), keep)  # type: ignore[arg-type]
+        # the leaf is this step's own copy: update it in place, then write it back
+        model.put(k, p, w.add_(g, alpha=-lr), keep)  # type: ignore[arg-type]

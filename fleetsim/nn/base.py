@@ -97,9 +97,23 @@ def _cut(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int) 
                      *t.shape[2:])
 
 
+_BLOCKS: list[tuple[Tensor, Tensor, int, Tensor]] = []
+
+
 def _blocks(out_idx: Tensor, in_idx: Tensor, channels: int) -> Tensor:
-    """Row-major indices of the kept (row, channel) blocks in an ``(O * C, rest)`` view."""
-    return (out_idx[:, None] * channels + in_idx).flatten()
+    """Row-major indices of the kept (row, channel) blocks in an ``(O * C, rest)`` view.
+
+    A step asks for the same indices several times (the cut, the write-back, the coverage
+    mask), so the last few are kept, matched by tensor identity: the cache holds the index
+    tensors themselves, so an identity cannot be reused by another tensor while cached.
+    """
+    for o, i, c, blocks in _BLOCKS:
+        if o is out_idx and i is in_idx and c == channels:
+            return blocks
+    blocks = (out_idx[:, None] * channels + in_idx).flatten()
+    _BLOCKS.insert(0, (out_idx, in_idx, channels, blocks))
+    del _BLOCKS[8:]
+    return blocks
 
 
 def _put(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int,
