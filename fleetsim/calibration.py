@@ -47,11 +47,15 @@ from fleetsim.nn import DroppableNet, build_model, kept_counts, select_channels
 from fleetsim.training import sgd_update
 
 FORMAT = "fleetsim-calibration"
-VERSION = 1
+VERSION = 2  # 2: channel_block, r2_exact and per-point timed_macs (1 still reads: block 1)
+READABLE_VERSIONS = (1, 2)
 UNIFORM_RATES = (0.0, 0.25, 0.5, 0.75)
 CLOCKS = ("wall", "cpu")
 #: Channel block sizes the fit tries (1: exact MACs).
 CHANNEL_BLOCKS = (1, 2, 4, 8, 16, 32)
+#: A larger block must beat the smaller ones' R^2 by this much to be chosen: choosing the
+#: best of several fits of the same points would otherwise pick up noise.
+BLOCK_MIN_GAIN = 0.005
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,10 @@ def fit_block(model: DroppableNet, configs: Sequence[tuple[tuple[float, ...], in
               blocks: Sequence[int] = CHANNEL_BLOCKS) -> tuple[int, list[int], float, float, float]:
     """The channel block whose rounded MACs explain ``times_s`` best.
 
-    Returns ``(block, its MACs per config, a, b, r2)``. A larger block wins only with a
-    strictly higher R^2, so exact MACs (block 1) stay where rounding explains nothing.
+    Returns ``(block, its MACs per config, a, b, r2)``. A larger block wins only with an
+    R^2 higher by at least :data:`BLOCK_MIN_GAIN`, so exact MACs (block 1) stay where
+    rounding explains nothing; fits whose time does not grow with MACs (``a <= 0``) are
+    never chosen.
     """
     best: tuple[int, list[int], float, float, float] | None = None
     for block in sorted(blocks):
@@ -212,10 +218,12 @@ def fit_block(model: DroppableNet, configs: Sequence[tuple[tuple[float, ...], in
         if len(set(macs)) < 2:  # rounding made every configuration equal: nothing to fit
             continue
         a, b, r2 = fit(macs, times_s)
-        if best is None or r2 > best[4]:
+        if a > 0 and (best is None or r2 >= best[4] + BLOCK_MIN_GAIN):
             best = (block, macs, a, b, r2)
     if best is None:
-        raise ValueError("the calibration grid needs configurations of different MACs")
+        raise ValueError("no channel block gives a fit whose step time grows with the MACs "
+                         f"(tried {', '.join(map(str, sorted(blocks)))}); the grid needs "
+                         "configurations of clearly different MACs")
     return best
 
 
@@ -337,9 +345,9 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         raise _bad(path, f"is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _bad(path, f"is not a fleetsim calibration (no \"format\": \"{FORMAT}\")")
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise _bad(path, f"has format version {doc.get('version')!r}, and this fleetsim reads "
-                   f"version {VERSION}")
+                   f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     a, b, r2 = (_number(doc, k, path) for k in ("a_s_per_mac", "b_s", "r2"))
     if a <= 0:
         raise _bad(path, f"has a non-positive 'a_s_per_mac' ({a!r}; seconds per MAC)")
@@ -376,14 +384,19 @@ def run_profile(arch: str, out: str, dataset_shape: Sequence[int] = (1, 28, 28),
     grid (random vectors with arbitrary rates, batch sizes 8 to 64) takes about 15 s for
     the small CNNs. ``clock`` and ``channel_block``: see :func:`profile_host`.
     """
-    if quick:
-        groups = len(build_model(arch, tuple(dataset_shape), num_classes).groups)
-        vectors = default_vectors(groups, n_random=3, levels=UNIFORM_RATES)
-        cal = profile_host(arch, dataset_shape, num_classes, vectors, batch_sizes=(4, 16, 64),
-                           repeats=5, warmup=1, clock=clock, channel_block=channel_block)
-    else:
-        cal = profile_host(arch, dataset_shape, num_classes, clock=clock,
-                           channel_block=channel_block)
+    try:
+        if quick:
+            groups = len(build_model(arch, tuple(dataset_shape), num_classes).groups)
+            vectors = default_vectors(groups, n_random=3, levels=UNIFORM_RATES)
+            cal = profile_host(arch, dataset_shape, num_classes, vectors,
+                               batch_sizes=(4, 16, 64), repeats=5, warmup=1, clock=clock,
+                               channel_block=channel_block)
+        else:
+            cal = profile_host(arch, dataset_shape, num_classes, clock=clock,
+                               channel_block=channel_block)
+    except ValueError as exc:  # no usable fit: say so, no traceback
+        raise UserError(f"fleetsim profile --model {arch}: {exc}. Allowed: a smaller "
+                        "--channel-block (1 fits exact MACs), or the default grid.") from None
     write_calibration(cal, out)
     print(format_fit(cal))
     print(f"wrote {out}")

@@ -14,9 +14,10 @@ this host.
 Channel blocks: vectorised CPU kernels (oneDNN's ``nChw16c`` layout with AVX-512, ``8c``
 with AVX2) process channels in blocks, so a 12-channel layer costs what a 16-channel one
 does. With ``channel_block`` B > 1 the step's *timed* MACs count every group's kept channels
-rounded up to a multiple of B (never beyond the group's size): the MACs the hardware
-executes. ``fleetsim profile`` finds the B that explains a host's step times best. Reported
-MACs, parameters, bytes and activations always stay exact.
+rounded up to a multiple of B, but never beyond the group's size (so the full network's
+timed MACs are its exact MACs, although the kernels would pad a 20-channel group to 32).
+``fleetsim profile`` finds the B that explains a host's step times best. Reported MACs,
+parameters, bytes and activations always stay exact.
 """
 
 from __future__ import annotations

@@ -38,7 +38,15 @@ def cost_model(sc: Scenario, model: Any) -> CostModel:
         # its MACs, so clamp the fixed overhead at zero.
         overhead = max(cal.b_s, 0.0) / cal.a_s_per_mac
         block = cal.channel_block  # the fit's a and b hold for MACs counted this way
-    if sc.costs.channel_block is not None:
+        wanted = sc.costs.channel_block
+        if wanted is not None and wanted != block:
+            raise UserError(
+                f"at 'costs.channel_block': {wanted} is not allowed with costs.calibration "
+                f"'{sc.costs.calibration}', whose fit counts kept channels in blocks of "
+                f"{block} (its a and b hold only for MACs counted that way). Allowed: leave "
+                f"costs.channel_block unset (or {block}), or calibrate for blocks of {wanted} "
+                f"with `fleetsim profile --channel-block {wanted}`.")
+    elif sc.costs.channel_block is not None:
         block = sc.costs.channel_block
     return CostModel(model, sc.costs.backward_factor, sc.costs.bytes_per_param, overhead,
                      block)
@@ -73,7 +81,10 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
         ds, part = build_data(sc)
         model = build_model(sc.model.arch, ds.input_shape, ds.num_classes, sc.model.options)
         n_samples = part.sizes()
-    costs = cost_model(sc, model)
+    try:
+        costs = cost_model(sc, model)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") if source else exc from None
     pcls = POLICIES.get(sc.policy.name)
     options = dict(sc.policy.options)
     if "front" in pcls.Options.model_fields and options.get("front") is None:

@@ -52,6 +52,24 @@ def test_fit_block_finds_the_block_the_times_follow() -> None:
     assert fit_block(model, configs, [1e-3 + 2e-10 * m for m in exact])[0] == 1
 
 
+def test_fit_block_never_picks_a_fit_with_a_non_positive_slope() -> None:
+    model = build_model("cnn4", (1, 8, 8), 3, {"channels": (16, 16, 32, 32)})
+    configs = [(v, bs) for bs in (4, 8) for v in default_vectors(4, n_random=3, seed=2)]
+    falling = [1.0 - 1e-9 * m for m in blocked_train_macs(model, configs, 1)]
+    with pytest.raises(ValueError, match="grows with the MACs"):
+        fit_block(model, configs, falling)
+
+
+def test_version_1_files_still_load_as_exact_macs(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text('{"format": "fleetsim-calibration", "version": 1, "a_s_per_mac": 1e-9, '
+                    '"b_s": 0.001, "r2": 0.9, "arch": "cnn4", "points": [{"vector": [0.5], '
+                    '"batch_size": 8, "train_macs": 1000, "wall_s": 0.002, "cpu_s": 0.002}]}')
+    cal = load_calibration(path)
+    assert cal.channel_block == 1 and cal.r2_exact is None
+    assert cal.points[0].fit_macs == 1000
+
+
 def test_default_vectors_cover_uniform_rates_and_random_ones() -> None:
     vs = default_vectors(3, n_random=2, seed=1)
     assert vs[:4] == [(0.0,) * 3, (0.25,) * 3, (0.5,) * 3, (0.75,) * 3]
@@ -74,7 +92,7 @@ def test_file_round_trip(tmp_path: Path) -> None:
     assert load_calibration(path) == cal
     assert [p.name for p in path.parent.iterdir()] == ["host.json"]  # no temp file left
     doc = json.loads(path.read_text())
-    assert doc["format"] == "fleetsim-calibration" and doc["version"] == 1
+    assert doc["format"] == "fleetsim-calibration" and doc["version"] == 2
     assert {"a_s_per_mac", "b_s", "r2", "arch", "host", "points"} <= set(doc)
 
 
@@ -94,6 +112,8 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     ("{not json", "is not valid JSON"),
     ('{"a": 1}', "is not a fleetsim calibration"),
     ('{"format": "fleetsim-calibration", "version": 99}', "format version 99"),
+    ('{"format": "fleetsim-calibration", "version": 2, "a_s_per_mac": 1e-9, "b_s": 0, '
+     '"r2": 1, "arch": "cnn4", "channel_block": 2.5}', "'channel_block'"),
     ('{"format": "fleetsim-calibration", "version": 1, "b_s": 0, "r2": 1, "arch": "x"}',
      "'a_s_per_mac'"),
     ('{"format": "fleetsim-calibration", "version": 1, "a_s_per_mac": -1, "b_s": 0, '

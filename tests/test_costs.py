@@ -74,12 +74,19 @@ def test_channel_block_rounds_kept_channels_up_in_timed_macs_only() -> None:
         CostModel(m, channel_block=0)
 
 
-def test_scenario_takes_channel_block_from_calibration_unless_set(tmp_path: Path) -> None:
+def test_scenario_takes_channel_block_from_calibration(tmp_path: Path) -> None:
+    from fleetsim.errors import UserError
+
     write_calibration(Calibration(2e-9, 0.0, 0.99, "mlp", channel_block=8),
                       tmp_path / "cal.json")
     base = ["training.mode=timing", f"costs.calibration={tmp_path}/cal.json"]
     assert build(load_scenario(None, base, text=ONE_DEVICE)).engine.costs.channel_block == 8
+    sc = load_scenario(None, [*base, "costs.channel_block=8"], text=ONE_DEVICE)
+    assert build(sc).engine.costs.channel_block == 8
+    # another block would apply the fit's a and b to MACs counted differently
     sc = load_scenario(None, [*base, "costs.channel_block=1"], text=ONE_DEVICE)
-    assert build(sc).engine.costs.channel_block == 1
-    sc = load_scenario(None, ["training.mode=timing"], text=ONE_DEVICE)
-    assert build(sc).engine.costs.channel_block == 1
+    with pytest.raises(UserError, match=r"^s.yaml: at 'costs\.channel_block'.*blocks of 8"):
+        build(sc, source="s.yaml")
+    # without a calibration the scenario's block is used as is
+    sc = load_scenario(None, ["training.mode=timing", "costs.channel_block=4"], text=ONE_DEVICE)
+    assert build(sc).engine.costs.channel_block == 4

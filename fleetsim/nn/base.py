@@ -97,22 +97,25 @@ def _cut(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int) 
                      *t.shape[2:])
 
 
-_BLOCKS: list[tuple[Tensor, Tensor, int, Tensor]] = []
+_BLOCKS: list[tuple[Tensor, Tensor, int, int, int, Tensor]] = []
+_BLOCKS_KEPT = 48  # > the (rows, channels) pairs of one step of any built-in model
 
 
 def _blocks(out_idx: Tensor, in_idx: Tensor, channels: int) -> Tensor:
     """Row-major indices of the kept (row, channel) blocks in an ``(O * C, rest)`` view.
 
     A step asks for the same indices several times (the cut, the write-back, the coverage
-    mask), so the last few are kept, matched by tensor identity: the cache holds the index
-    tensors themselves, so an identity cannot be reused by another tensor while cached.
+    mask), so the last few are kept, matched by tensor identity and version: the cache
+    holds the index tensors themselves, so an identity cannot be reused by another tensor
+    while cached, and an index tensor changed in place has a new version.
     """
-    for o, i, c, blocks in _BLOCKS:
-        if o is out_idx and i is in_idx and c == channels:
+    vo, vi = out_idx._version, in_idx._version
+    for o, i, c, ov, iv, blocks in _BLOCKS:
+        if o is out_idx and i is in_idx and c == channels and ov == vo and iv == vi:
             return blocks
     blocks = (out_idx[:, None] * channels + in_idx).flatten()
-    _BLOCKS.insert(0, (out_idx, in_idx, channels, blocks))
-    del _BLOCKS[8:]
+    _BLOCKS.insert(0, (out_idx, in_idx, channels, vo, vi, blocks))
+    del _BLOCKS[_BLOCKS_KEPT:]
     return blocks
 
 
@@ -125,6 +128,8 @@ def _put(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int,
     """
     if in_idx is None:
         return t.index_copy_(0, out_idx, sub)  # type: ignore[arg-type]
+    if not t.is_contiguous():  # e.g. channels_last: the flat views below need plain layout
+        return t.copy_(_put(t.contiguous(), out_idx, in_idx, repeat, sub))
     o, c = t.shape[0], t.shape[1] // repeat
     if out_idx is None:
         t.view(o, c, -1).index_copy_(1, in_idx, sub.reshape(o, len(in_idx), -1))
@@ -219,7 +224,8 @@ class DroppableNet(nn.Module):
         a fresh leaf tensor holding a copy of its kept elements, stored here by name: after
         ``backward()`` its ``.grad`` is the sub-network's gradient, of the sub-network's size,
         and the full parameter gets none. Write results back with :meth:`put`. Parameters
-        that nothing cuts are used (and get gradients) as usual.
+        that nothing cuts are used (and get gradients) as usual; so are all of them with
+        ``masked=True`` or no ``keep`` (``leaves`` then stays empty).
         """
         self._keep = keep if keep else None
         self._masked = masked and self._keep is not None
@@ -254,9 +260,11 @@ class DroppableNet(nn.Module):
         if out_idx is None and in_idx is None:
             return t
         if self._leaves is not None:
-            with torch.no_grad():
-                leaf = _cut(t, out_idx, in_idx, spec.inp_repeat)
-            self._leaves[name] = leaf.requires_grad_()
+            leaf = self._leaves.get(name)  # a tied parameter used twice: one leaf, one grad
+            if leaf is None:
+                with torch.no_grad():
+                    leaf = _cut(t, out_idx, in_idx, spec.inp_repeat)
+                self._leaves[name] = leaf.requires_grad_()
             return leaf
         return _SliceParam.apply(t, out_idx, in_idx, spec.inp_repeat)  # type: ignore[no-any-return]
 

@@ -196,3 +196,41 @@ def test_cut_then_put_restores_and_put_writes_only_kept_elements(case: str) -> N
         kept = _kept_mask(model, name, keep)
         assert torch.equal(t[kept], -p.detach()[kept]), name
         assert torch.equal(t[~kept], p.detach()[~kept]), name
+
+
+def test_a_parameter_used_twice_gets_one_leaf_with_both_gradients() -> None:
+    """Weight tying in a plugin model: both uses must reach the same leaf."""
+    from fleetsim.nn import build_model
+
+    model = build_model("mlp", (1, 4, 4), 3, {"hidden": (8, 8)})
+    keep = select_channels(model.groups, [0.5, 0.5], "random", torch.Generator().manual_seed(0))
+    x = torch.randn(5, 1, 4, 4)
+
+    def twice(m: DroppableNet, leaves: dict | None = None) -> Tensor:
+        m._keep, m._leaves = keep, leaves
+        try:
+            w = m.p("layers.1.weight")
+            return (w.sum() + m.p("layers.1.weight").pow(2).sum()) * x.sum()
+        finally:
+            m._keep, m._leaves = None, None
+
+    twice(model).backward()
+    ref = model.cut("layers.1.weight", model.layers[1].weight.grad, keep)
+    leaves: dict[str, Tensor] = {}
+    twice(model, leaves).backward()
+    assert torch.equal(leaves["layers.1.weight"].grad, ref)
+
+
+def test_put_handles_channels_last_tensors_and_index_changes() -> None:
+    from fleetsim.nn.base import _cut, _put
+
+    t = torch.randn(4, 6, 3, 3).contiguous(memory_format=torch.channels_last)
+    o, i = torch.tensor([0, 2]), torch.tensor([1, 4, 5])
+    ref = t.contiguous().clone()
+    ref[o[:, None], i] = 7.0
+    _put(t, o, i, 1, torch.full((2, 3, 3, 3), 7.0))
+    assert torch.equal(t, ref)
+    u = torch.arange(24.0).view(4, 6)
+    assert _cut(u, o, i, 1).tolist() == [[1, 4, 5], [13, 16, 17]]
+    i[0] = 0  # the same index tensor changed in place: no stale cached blocks
+    assert _cut(u, o, i, 1).tolist() == [[0, 4, 5], [12, 16, 17]]
