@@ -185,7 +185,8 @@ class CostsConfig(Section):
     channel_block: int | None = Field(None, ge=1, description="time a step by its kept "
                                       "channels rounded up to multiples of this (the SIMD "
                                       "block of the device's kernels); default: the "
-                                      "calibration's, else 1 (exact MACs)")
+                                      "calibration's (which this must then equal), else 1 "
+                                      "(exact MACs)")
 
 
 class DseConfig(Section):
