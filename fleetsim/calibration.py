@@ -43,7 +43,7 @@ from scipy import stats
 
 from fleetsim.costs import CostModel
 from fleetsim.errors import UserError
-from fleetsim.nn import DroppableNet, build_model, kept_counts, select_channels
+from fleetsim.nn import DroppableNet, build_model, select_channels
 from fleetsim.training import sgd_update
 
 FORMAT = "fleetsim-calibration"
@@ -145,8 +145,7 @@ def default_vectors(n_groups: int, n_random: int = 4, seed: int = 0,
 def train_macs(model: DroppableNet, vector: Sequence[float], batch_size: int,
                backward_factor: float = 2.0) -> int:
     """MACs of one training step: forward MACs per sample x batch x (1 + backward)."""
-    fwd = model.measure(kept_counts(model.groups, vector)).macs
-    return round(fwd * batch_size * (1.0 + backward_factor))
+    return blocked_train_macs(model, [(tuple(vector), batch_size)], 1, backward_factor)[0]
 
 
 def train_step(model: DroppableNet, x: torch.Tensor, y: torch.Tensor,

@@ -159,7 +159,7 @@ class Trainer:
             for p in params.values():
                 p.grad = None
             loss.backward()
-            self._sgd(lr, mom, wd, bufs, keep, leaves)
+            sgd_update(model, params, keep, leaves, lr, mom, wd, bufs)
             if not all_full:
                 all_full = self._cover(masks, keep)
             loss_sum = loss_sum + loss.detach()
@@ -209,13 +209,9 @@ class Trainer:
                 dims = min(t.dim(), 2)
                 m = acc[k] = torch.zeros(*t.shape[:dims], *([1] * (t.dim() - dims)),
                                          dtype=torch.bool)
-            self.model.put(k, m, torch.ones_like(self.model.cut(k, m, keep)), keep)
+            self.model.put(k, m, True, keep)
             full = False
         return full
-
-    def _sgd(self, lr: float, mom: float, wd: float, bufs: dict[str, Tensor] | None,
-             keep: Keep | None, leaves: dict[str, Tensor]) -> None:
-        sgd_update(self.model, self.params, keep, leaves, lr, mom, wd, bufs)
 
     @torch.no_grad()
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:

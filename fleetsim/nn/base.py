@@ -281,9 +281,17 @@ class DroppableNet(nn.Module):
             return t
         return _cut(t, out_idx, in_idx, self.specs[name].inp_repeat)
 
-    def put(self, name: str, t: Tensor, sub: Tensor, keep: Keep) -> None:
-        """Write ``sub`` (what :meth:`cut` gives) into the kept elements of ``t``, in place."""
+    def put(self, name: str, t: Tensor, sub: Tensor | float, keep: Keep) -> None:
+        """Write ``sub`` (what :meth:`cut` gives, or one value for every kept element) into
+        the kept elements of ``t``, in place."""
         out_idx, in_idx = self._indices(name, keep)
+        if not isinstance(sub, Tensor):  # one value: expanded, nothing is allocated
+            shape = list(t.shape)
+            if out_idx is not None:
+                shape[0] = len(out_idx)
+            if in_idx is not None:
+                shape[1] = len(in_idx) * self.specs[name].inp_repeat
+            sub = torch.full((), sub, dtype=t.dtype).expand(shape)
         if out_idx is None and in_idx is None:
             t.copy_(sub)
         else:
