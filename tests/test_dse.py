@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fleetsim.cli import main
-from fleetsim.dse import non_dominated, read_front, run_dse, write_front
+from fleetsim.dse import Evaluator, non_dominated, read_front, run_dse, write_front
 from fleetsim.scenario import load_scenario
 from tests.conftest import TINY
 
@@ -43,20 +44,74 @@ def test_front_is_non_dominated_and_deterministic(tmp_path: Path) -> None:
     np.testing.assert_array_equal(front.proxy, again.proxy)
 
 
-def test_cache_avoids_recomputation_and_file_round_trip(tmp_path: Path) -> None:
+class _Counting:
+    """Counts the candidates the search really trains (``Evaluator.proxy`` calls)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.vectors: list[tuple[float, ...]] = []
+        real = Evaluator.proxy
+
+        def proxy(ev: Evaluator, vector: tuple[float, ...]) -> float:
+            self.vectors.append(tuple(vector))
+            return real(ev, vector)
+
+        monkeypatch.setattr(Evaluator, "proxy", proxy)
+
+
+def test_cache_avoids_recomputation_and_file_round_trip(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    counted = _Counting(monkeypatch)
     sc = scenario(tmp_path, "dse.workers=1")
     front, ev = run_dse(sc, progress=False)
+    first = len(counted.vectors)
+    assert first == len(ev["macs"]) == len(set(counted.vectors))  # each candidate once
     cache_files = list((tmp_path / "cache").glob("dse-*.json"))
     assert len(cache_files) == 1
-    # a second search finds every candidate in the cache (same result, no training)
-    front2, _ = run_dse(sc, progress=False)
+    # a second search finds every candidate in the cache file: it trains nothing
+    front2, ev2 = run_dse(sc, progress=False)
+    assert len(counted.vectors) == first
     np.testing.assert_array_equal(front.proxy, front2.proxy)
+    np.testing.assert_array_equal(ev["proxy"], ev2["proxy"])
     write_front(tmp_path / "f.h5", front, ev)
     back = read_front(tmp_path / "f.h5")
     assert back.groups == front.groups
     np.testing.assert_array_equal(back.vectors, front.vectors)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert back.meta["baseline_proxy"] > 0
+
+
+def test_cached_values_come_from_the_file(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values written into the cache file are what the next search uses (it reads the file,
+    it does not recompute), and other settings do not share that file's values."""
+    sc = scenario(tmp_path, "dse.workers=1")
+    _, ev = run_dse(sc, progress=False)
+    (path,) = (tmp_path / "cache").glob("dse-*.json")
+    cached = json.loads(path.read_text())
+    assert len(cached) == len(ev["macs"])
+    fake = {k: 50.0 + i for i, k in enumerate(sorted(cached))}
+    path.write_text(json.dumps(fake))
+    by_vector = {tuple(float(x) for x in k.split(",")): v for k, v in fake.items()}
+
+    counted = _Counting(monkeypatch)
+    _, ev2 = run_dse(sc, progress=False)
+    from_file = 0
+    for v, p in zip(ev2["vectors"], ev2["proxy"]):
+        key = tuple(float(x) for x in v)
+        if key in by_vector:
+            assert p == by_vector[key], key
+            assert key not in counted.vectors
+            from_file += 1
+        else:  # the fake values steered the search elsewhere: those are trained
+            assert key in counted.vectors
+    assert from_file >= 6  # at least the initial population (fixed by the seed)
+
+    before = len(counted.vectors)
+    other = scenario(tmp_path, "dse.workers=1", "dse.budget_steps=4")
+    _, ev3 = run_dse(other, progress=False)
+    assert len(counted.vectors) - before == len(ev3["macs"])  # nothing from the other file
+    assert not set(ev3["proxy"].tolist()) & set(fake.values())
+    assert len(list((tmp_path / "cache").glob("dse-*.json"))) == 2
 
 
 def test_dse_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
