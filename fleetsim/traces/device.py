@@ -22,6 +22,8 @@ from bisect import bisect_left, bisect_right
 
 import numpy as np
 
+from fleetsim.traces.period import split_period
+
 INF = math.inf
 
 
@@ -70,15 +72,13 @@ class DeviceTrace:
 
     # -- availability ---------------------------------------------------------------
 
-    def _split(self, t: float) -> tuple[float, float]:
-        """(period start, offset within the period) of time ``t``."""
-        return _split(t, self.period_s)
-
     def availability_at(self, t: float) -> float:
-        _, r = self._split(t)
-        return self._v[bisect_right(self._t, r) - 1]
+        """Availability at time ``t`` (for ``t = inf``: the last value of a non-periodic
+        trace; a periodic trace has none, a :class:`ValueError`)."""
+        return self._v[bisect_right(self._t, _offset(t, self.period_s)) - 1]
 
     def _cum_in(self, r: float) -> float:
+        """Integral from 0 to the finite offset ``r``."""
         k = bisect_right(self._t, r) - 1
         return self._c[k] + self._v[k] * (r - self._t[k])
 
@@ -92,46 +92,84 @@ class DeviceTrace:
             return INF
         return self._t[k] + (c - self._c[k]) / v
 
+    def total(self) -> float:
+        """``cumulative(inf)``: ``inf`` if the trace adds work for ever, else the finite
+        total (0 for a periodic trace that is never available; the work up to the last
+        breakpoint for a non-periodic trace whose last value is 0)."""
+        if self.period_s is not None:
+            return INF if self._c_period > 0.0 else 0.0
+        return INF if self._v[-1] > 0.0 else self._c[-1]
+
     def cumulative(self, t: float) -> float:
-        """Integral of availability from 0 to ``t``, in seconds."""
-        base, r = self._split(t)
-        n_periods = round(base / self.period_s) if self.period_s else 0
-        return n_periods * self._c_period + self._cum_in(r)
+        """Integral of availability from 0 to ``t``, in seconds (``t = inf``: :meth:`total`).
+
+        A non-periodic trace's last value holds for ever, so its integral keeps growing
+        after the last breakpoint (exactly, by that value per second).
+        """
+        if not 0.0 <= t < INF:
+            if t == INF:
+                return self.total()
+            raise _bad_time(t)
+        p = self.period_s
+        if p is None:
+            return self._cum_in(t)
+        q, r = split_period(t, p)
+        return q * self._c_period + self._cum_in(r)
 
     def finish_time(self, t0: float, work_s: float) -> float:
         """When a step of ``work_s`` (seconds at full availability) started at ``t0`` ends.
 
-        Returns ``inf`` if availability never again adds up to ``work_s``.
+        Returns ``inf`` if availability never again adds up to ``work_s`` (or either input
+        is ``inf``), ``t0`` for ``work_s <= 0``; never a time before ``t0``.
         """
-        if work_s <= 0.0:
-            return t0
-        base, r0 = self._split(t0)
-        target = self._cum_in(r0) + work_s  # kept relative to this period for precision
+        if not 0.0 < work_s < INF:  # the common case costs one chained comparison
+            if work_s <= 0.0:
+                return t0
+            if work_s == INF:
+                return INF
+            raise ValueError(f"work_s is NaN (step started at time {t0!r} s)")
+        if not 0.0 <= t0 < INF:
+            if t0 == INF:
+                return INF
+            raise _bad_time(t0)
         p = self.period_s
         if p is None:
-            return self._inv_in(target)
+            t1 = self._inv_in(self._cum_in(t0) + work_s)
+            return t1 if t1 >= t0 else t0  # rounding must not end a step before it starts
         cp = self._c_period
         if cp <= 0.0:
             return INF
-        q = math.floor(target / cp)
-        rest = target - q * cp
-        if rest <= 0.0 and q > 0:  # exactly at a period's total: earliest is in period q-1
-            q, rest = q - 1, cp
-        return base + q * p + self._inv_in(rest)
+        q0, r0 = split_period(t0, p)
+        # kept relative to this period for precision; the work target is split into whole
+        # periods' worth of work with the same exact helper as time is split into periods
+        q, rest = split_period(self._cum_in(r0) + work_s, cp)
+        if rest == 0.0:  # exactly at a period's total: the earliest is in period q - 1
+            q, rest = q - 1.0, cp
+        t1 = (q0 + q) * p + self._inv_in(rest)
+        return t1 if t1 >= t0 else t0
 
-    def mean_availability(self) -> float:
-        """Time-weighted mean over one period (or from 0 to the last breakpoint and a
-        little beyond, for a non-periodic trace)."""
+    def mean_availability(self, horizon_s: float | None = None) -> float:
+        """Time-weighted mean availability.
+
+        Without ``horizon_s``, the long-run mean ``lim cumulative(T) / T``: the mean over
+        one period for a periodic trace, and the last value for a non-periodic one (it
+        holds for ever, so it outweighs any finite stretch before it; a trace that stalls
+        at 0 has long-run mean 0). With ``horizon_s > 0``, the mean over ``[0,
+        horizon_s)``, for a caller that knows the span a run will see.
+        """
+        if horizon_s is not None:
+            if not 0.0 < horizon_s < INF:
+                raise ValueError(f"horizon_s {horizon_s!r} is not a positive finite time")
+            return self.cumulative(horizon_s) / horizon_s
         if self.period_s is not None:
             return self._c_period / self.period_s
-        end = self._t[-1] + 1.0
-        return self.cumulative(end) / end
+        return self._v[-1]
 
     # -- online ---------------------------------------------------------------------
 
     def online_at(self, t: float) -> bool:
-        _, r = self._split(t)
-        return self._on_v[bisect_right(self._on_t, r) - 1] != 0
+        """Whether the device is online at ``t`` (``inf``: as :meth:`availability_at`)."""
+        return self._on_v[bisect_right(self._on_t, _offset(t, self.period_s)) - 1] != 0
 
     def online_signal(self) -> OnlineSignal:
         """The online signal alone (sharing this trace's buffers)."""
@@ -139,15 +177,22 @@ class DeviceTrace:
 
     def next_offline(self, t: float) -> float:
         """Earliest time >= ``t`` at which the device is offline (``inf`` if never)."""
-        base, r = self._split(t)
+        if not 0.0 <= t < INF:
+            if t == INF:
+                return INF
+            raise _bad_time(t)
+        p = self.period_s
+        q, r = (0.0, t) if p is None else split_period(t, p)
         k = bisect_right(self._on_t, r) - 1
         j = self._next_off[k]
         if j == k:
             return t
+        # These sums never fall below t: the exact sum exceeds t and differs from the one
+        # computed by less than half an ulp of t, and t is itself a float.
         if j >= 0:
-            return base + self._on_t[j]
-        if self.period_s is not None and self._first_off >= 0:
-            return base + self.period_s + self._on_t[self._first_off]
+            return q * p + self._on_t[j] if p is not None else self._on_t[j]
+        if p is not None and self._first_off >= 0:
+            return (q + 1.0) * p + self._on_t[self._first_off]
         return INF
 
 
@@ -170,19 +215,23 @@ class OnlineSignal:
 
     def online_at(self, t: float) -> bool:
         """The same answer as :meth:`DeviceTrace.online_at`."""
-        _, r = _split(t, self.period_s)
-        return self._on_v[bisect_right(self._on_t, r) - 1] != 0
+        return self._on_v[bisect_right(self._on_t, _offset(t, self.period_s)) - 1] != 0
 
 
-def _split(t: float, p: float | None) -> tuple[float, float]:
-    """(period start, offset within the period) of time ``t`` for period ``p``."""
-    if p is None:
-        return 0.0, t
-    q = math.floor(t / p)
-    r = t - q * p
-    if r >= p:  # rounding can land exactly on the next period
-        q, r = q + 1, 0.0
-    return q * p, r
+def _offset(t: float, p: float | None) -> float:
+    """Where to look ``t`` up in one period's breakpoints (``t`` itself without a period)."""
+    if 0.0 <= t < INF:
+        return t if p is None else split_period(t, p)[1]
+    if t == INF:
+        if p is None:
+            return INF  # the last values hold for ever
+        raise ValueError(f"a periodic trace (period {p!r} s) has no value at time inf")
+    raise _bad_time(t)
+
+
+def _bad_time(t: float) -> ValueError:
+    return ValueError(f"time {t!r} s is not allowed: trace functions take times >= 0 s "
+                      "(or inf)")
 
 
 def _f64(x: np.ndarray) -> array:
