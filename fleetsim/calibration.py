@@ -20,7 +20,14 @@ is what the step costs on a core of its own (it does not grow while other proces
 the core). The fit uses the wall clock unless told otherwise; both are kept in the file.
 
 The result is a small JSON file, written atomically, read back with
-:func:`load_calibration`.
+:func:`load_calibration`. It names the network it measured: ``arch``, ``input_shape`` and
+``num_classes`` (every version of the format stores them). Its ``a`` and ``b`` hold for
+that network only: the fixed cost ``b`` of a step, in particular, is worth ``b / a`` MACs
+of it, which for another network can exceed a whole step and make every device late. So a
+scenario whose model differs is rejected (:func:`model_mismatch`). A hand-made file
+without ``input_shape`` or ``num_classes`` is checked on ``arch`` alone. Model options
+(widths) are not part of the identity: ``fleetsim profile`` measures the default widths,
+and ``a`` (seconds per MAC) carries over to other widths of the same architecture.
 """
 
 from __future__ import annotations
@@ -369,6 +376,33 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
     return Calibration(a, b, r2, arch, clock, backward, shape, classes,
                        host if isinstance(host, dict) else {}, points, block,
                        float(r2_exact) if isinstance(r2_exact, int | float) else None)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def model_mismatch(cal: Calibration, arch: str, input_shape: Sequence[int],
+                   num_classes: int) -> str | None:
+    """How the network ``cal`` measured differs from ``arch`` on ``input_shape`` samples
+    with ``num_classes`` classes; None when it is the same (or the file cannot tell)."""
+    diffs = []
+    if cal.arch != arch:
+        diffs.append(f"model {cal.arch}, not {arch}")
+    if cal.input_shape and tuple(cal.input_shape) != tuple(input_shape):
+        diffs.append(f"input shape {_shape_text(cal.input_shape)}, not "
+                     f"{_shape_text(input_shape)}")
+    if cal.num_classes and cal.num_classes != num_classes:
+        diffs.append(f"{cal.num_classes} classes, not {num_classes}")
+    if not diffs:
+        return None
+    return "was measured for " + "; ".join(diffs)
+
+
+def profile_command(arch: str, input_shape: Sequence[int], num_classes: int) -> str:
+    """The ``fleetsim profile`` command that calibrates this network."""
+    return (f"fleetsim profile --model {arch} --input-shape {','.join(map(str, input_shape))} "
+            f"--classes {num_classes} --out FILE")
 
 
 # -- the command -----------------------------------------------------------------------------

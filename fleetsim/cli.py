@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fleetsim.errors import UserError
+from fleetsim.paths import check_output_dir, check_output_file
 
 EPILOG = """examples:
   fleetsim run scenarios/quickstart.yaml --out runs/quickstart
@@ -45,6 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     sc = load_scenario(args.scenario, overrides)
     out = Path(args.out) if args.out else Path("runs") / sc.name / f"seed-{sc.seed}"
+    check_output_dir(out, "--out")  # before the run, not after it
     t0 = time.perf_counter()
     built = build(sc, args.scenario, progress=not args.quiet)
     try:
@@ -102,6 +104,8 @@ def cmd_dse(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides.append(f"dse.workers={args.workers}")
     sc = load_scenario(args.scenario, overrides)
+    check_output_file(args.out, "--out")
+    check_output_file(Path(args.out).with_suffix(".png"), "--out")  # the plot beside it
     t0 = time.perf_counter()
     front, evaluated = run_dse(sc, progress=not args.quiet)
     write_front(args.out, front, evaluated)
@@ -144,7 +148,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from fleetsim.calibration import run_profile
-    from fleetsim.nn import MODELS
+    from fleetsim.nn import MODELS, build_model
 
     MODELS.get(args.model, source="command line", key_path="--model")
     try:
@@ -153,9 +157,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise UserError(f"command line: at '--input-shape': {args.input_shape!r} is not "
                         "allowed. Allowed: comma-separated integers C,H,W such as 1,28,28."
                         ) from None
+    if min(shape, default=0) < 1:
+        raise UserError(f"command line: at '--input-shape': {args.input_shape!r} is not "
+                        "allowed. Allowed: positive integers C,H,W such as 1,28,28 (or one "
+                        "integer, the length of a flat sample, for mlp).")
+    if args.classes < 1:
+        raise UserError(f"command line: at '--classes': {args.classes} is not allowed. "
+                        "Allowed: an integer >= 1.")
     if args.channel_block is not None and args.channel_block < 1:
         raise UserError(f"command line: at '--channel-block': {args.channel_block} is not "
                         "allowed. Allowed: a positive integer (1 fits exact MACs).")
+    check_output_file(args.out, "--out")
+    try:
+        build_model(args.model, shape, args.classes)  # the model must fit the input shape
+    except UserError as exc:
+        raise UserError(f"command line: at '--input-shape': {args.input_shape!r} does not fit "
+                        f"--model {args.model} ({exc})") from None
     run_profile(args.model, args.out, shape, args.classes, quick=args.quick, clock=args.clock,
                 channel_block=args.channel_block)
     return 0
@@ -207,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="  "),
+        # paths and commands in the message stay whole: never broken inside a word or
+        # at a hyphen, so they can be copied from the terminal
+        print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="  ",
+                                        break_long_words=False, break_on_hyphens=False),
               file=sys.stderr)
         return UserError.exit_status
     except KeyboardInterrupt:

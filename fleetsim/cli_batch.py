@@ -62,11 +62,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fleetsim.compare import expand_grid, run_batch
     from fleetsim.errors import UserError
+    from fleetsim.paths import check_output_dir
 
     backend = args.backend or ("ray" if args.address else "local")
     if args.address and backend != "ray":
         raise UserError("command line: --address is for the Ray backend. Allowed: "
                         "--backend ray --address ADDR, or no --address.")
+    check_output_dir(args.out, "--out")  # before the batch, not after its first cell
     grid = expand_grid(args.scenarios, args.policies, args.seeds, args.sets)
     # SIGTERM (a batch scheduler, `kill`) stops the running cells like Ctrl-C does
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -102,8 +104,12 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from fleetsim.paths import check_output_dir
     from fleetsim.report import write_report
 
+    # the report is written into the batch folder: it must be one, and writable
+    check_output_dir(args.dir, "DIR", must_exist=True,
+                     allowed="the --out folder of `fleetsim compare`, writable")
     written = write_report(Path(args.dir), args.target_accuracy, args.baseline)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from fleetsim.errors import UserError
+from fleetsim.paths import check_output_file
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -195,10 +196,10 @@ def cmd_traces_generate(args: argparse.Namespace) -> int:
     from fleetsim.traces.generators import GENERATORS
     from fleetsim.traces.source import GeneratedTraces
 
+    check_output_file(args.out, "-o", make_parents=False)
     if args.devices < 1 or args.horizon_s <= 0:
         raise UserError("command line: --devices must be >= 1 and --horizon-s > 0. Allowed: "
                         "e.g. --devices 1000 --horizon-s 604800.")
-    _out_dir_ok(args.out)
     cls = GENERATORS.get(args.kind, source="command line", key_path="--kind")
     opts = check_options(cls.Options, parse_overrides(args.param), "command line", "--param",
                          f"trace generator '{args.kind}'")
@@ -223,7 +224,7 @@ def cmd_traces_show(args: argparse.Namespace) -> int:
 def cmd_traces_import_behave(args: argparse.Namespace) -> int:
     from fleetsim.traces.importers import import_fedscale_behave, write_with_ids
 
-    _out_dir_ok(args.out)
+    check_output_file(args.out, "-o", make_parents=False)
     ts, ids = import_fedscale_behave(args.file, args.availability, args.period_s,
                                      args.skip_never_online)
     write_with_ids(args.out, ts, ids)
@@ -237,6 +238,8 @@ def cmd_traces_import_behave(args: argparse.Namespace) -> int:
 def cmd_traces_import_capacity(args: argparse.Namespace) -> int:
     from fleetsim.traces.importers import REF_MACS_PER_SAMPLE, capacity_classes
 
+    if args.out:
+        check_output_file(args.out, "-o", make_parents=False)
     ref = REF_MACS_PER_SAMPLE if args.ref_macs_per_sample is None else args.ref_macs_per_sample
     res = capacity_classes(args.file, args.classes, ref, args.down_up_ratio, args.latency_s)
     text = res.yaml()
@@ -253,7 +256,7 @@ def cmd_traces_import_capacity(args: argparse.Namespace) -> int:
 def cmd_traces_import_csv(args: argparse.Namespace) -> int:
     from fleetsim.traces.importers import import_csv, write_with_ids
 
-    _out_dir_ok(args.out)
+    check_output_file(args.out, "-o", make_parents=False)
     if args.period_s is not None and args.period_s <= 0:
         raise UserError(f"command line: --period-s {args.period_s} is not allowed. Allowed: "
                         "positive seconds.")

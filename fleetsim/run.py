@@ -31,9 +31,18 @@ class Built:
 def cost_model(sc: Scenario, model: Any) -> CostModel:
     overhead, block = 0.0, 1
     if sc.costs.calibration:
-        from fleetsim.calibration import load_calibration
+        from fleetsim.calibration import load_calibration, model_mismatch, profile_command
 
         cal = load_calibration(sc.costs.calibration)
+        wrong = model_mismatch(cal, sc.model.arch, model.input_shape, model.num_classes)
+        if wrong:
+            raise UserError(
+                f"at 'costs.calibration': the calibration '{sc.costs.calibration}' {wrong}; "
+                f"its a and b hold only for the network it measured, and this scenario "
+                f"trains {sc.model.arch} on samples of shape "
+                f"{_shape(model.input_shape)} with {model.num_classes} classes. Allowed: a "
+                f"calibration of this model: "
+                f"`{profile_command(sc.model.arch, model.input_shape, model.num_classes)}`.")
         # A fitted intercept can come out slightly negative; a step never costs less than
         # its MACs, so clamp the fixed overhead at zero.
         overhead = max(cal.b_s, 0.0) / cal.a_s_per_mac
@@ -50,6 +59,17 @@ def cost_model(sc: Scenario, model: Any) -> CostModel:
         block = sc.costs.channel_block
     return CostModel(model, sc.costs.backward_factor, sc.costs.bytes_per_param, overhead,
                      block)
+
+
+def _in_file(exc: UserError, source: str | None) -> UserError:
+    """``exc`` with the scenario file in front, unless it names it already."""
+    if source and not str(exc).startswith(source):
+        return UserError(f"{source}: {exc}")
+    return exc
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 def class_mean_availability(fleet: Fleet, seed: int, per_class: int = 32) -> tuple[float, ...]:
@@ -71,20 +91,23 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     """Fleet, data, model, cost model, policy, selector, backend and engine for ``sc``."""
     fleet = Fleet(sc.fleet, sc.seed, source)
     backend: Backend | None = None
-    if sc.training.mode == "full":
-        backend = make_backend(sc)
-        model = backend.trainer.model
-        n_samples = backend.trainer.partition.sizes()
-    else:
-        from fleetsim.nn import build_model
-
-        ds, part = build_data(sc)
-        model = build_model(sc.model.arch, ds.input_shape, ds.num_classes, sc.model.options)
-        n_samples = part.sizes()
     try:
+        if sc.training.mode == "full":
+            backend = make_backend(sc)
+            model = backend.trainer.model
+            n_samples = backend.trainer.partition.sizes()
+        else:
+            from fleetsim.nn import build_model
+
+            ds, part = build_data(sc)
+            model = build_model(sc.model.arch, ds.input_shape, ds.num_classes,
+                                sc.model.options)
+            n_samples = part.sizes()
         costs = cost_model(sc, model)
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") if source else exc from None
+    except UserError as exc:  # the model does not fit the data, or the calibration
+        if backend is not None:
+            backend.close()
+        raise _in_file(exc, source) from None
     pcls = POLICIES.get(sc.policy.name)
     options = dict(sc.policy.options)
     if "front" in pcls.Options.model_fields and options.get("front") is None:
@@ -103,9 +126,7 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     try:
         policy = pcls(pcls.Options(**options), ctx)
     except UserError as exc:  # a policy's own check (front file, class names): add the file
-        if source and not str(exc).startswith(source):
-            raise UserError(f"{source}: {exc}") from None
-        raise
+        raise _in_file(exc, source) from None
     scls = SELECTORS.get(sc.selector.name)
     selector = scls(scls.Options(**sc.selector.options),
                     FleetView(fleet.n, fleet.class_of, np.asarray(n_samples)))

@@ -17,15 +17,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleetsim.errors import UserError
+from fleetsim.numbers import StrictNumbers, find_loose_number
 
 
-class Section(BaseModel):
-    """Base of every scenario section: immutable, unknown keys are errors."""
+class Section(StrictNumbers):
+    """Base of every scenario section: immutable, unknown keys are errors, and numbers are
+    numbers (no true/false for 1/0, no NaN or infinity: see :mod:`fleetsim.numbers`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _opts() -> Any:
@@ -211,6 +220,16 @@ class DseConfig(Section):
     cache_dir: str = Field(".fleetsim-cache", description="evaluated candidates are cached "
                            "here by a hash of model, data and settings")
 
+    @field_validator("grid")
+    @classmethod
+    def _rates(cls, grid: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [d for d in grid if not 0.0 <= d < 1.0]
+        if bad:
+            # a rate of 1 or more (or below 0) would be clamped to a valid width when the
+            # sub-network is cut, so the front would list vectors that never ran
+            raise ValueError(f"dropout rates must be in [0, 1); {bad[0]!r} is not")
+        return grid
+
 
 class OutputConfig(Section):
     timeline: bool = Field(True, description="write the per-device timeline")
@@ -327,6 +346,7 @@ def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
 _TYPE_WORDS = {
     "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
     "dict": "a mapping of keys to values", "tuple": "a list", "list": "a list",
+    "finite_number": "a finite number",
 }
 
 
@@ -365,7 +385,9 @@ def validation_error(exc: ValidationError, source: str, prefix: tuple[str | int,
     key = _loc_text(loc)
     msg = err["msg"].removeprefix("Value error, ")
     where = source
-    if any(key == o or key.startswith(o + ".") or o.startswith(key + ".") for o in overrides):
+    dotted = ".".join(str(p) for p in loc)  # as --set writes it: fleet.classes.0.share
+    if any(dotted == o or dotted.startswith(o + ".") or o.startswith(dotted + ".")
+           for o in overrides):
         where = f"{source} (command-line --set)"
     given = err.get("input")
     if err["type"] == "extra_forbidden":
@@ -394,19 +416,12 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     """
     source = str(path) if path is not None else "<scenario text>"
     if text is None:
-        p = Path(path)  # type: ignore[arg-type]
-        if not p.is_file():
-            raise UserError(f"{source}: the scenario file does not exist. Allowed: the path of "
-                            "a YAML scenario, e.g. scenarios/quickstart.yaml.")
-        text = p.read_text()
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{source}: the file is not valid YAML{line}: "
-                        f"{getattr(exc, 'problem', exc)}. Allowed: a YAML mapping of the "
-                        "scenario sections.") from None
+        text = _read_scenario_file(Path(path), source)  # type: ignore[arg-type]
+    doc = load_yaml(text, source)
+    if doc is None:
+        raise UserError(f"{source}: the scenario is empty (no keys: the file is blank or "
+                        "holds only comments). Allowed: a YAML mapping of the scenario "
+                        "sections, e.g. training: {rounds: 5}; `fleetsim schema` lists them.")
     if not isinstance(doc, dict):
         raise UserError(f"{source}: at the top level: a {type(doc).__name__} is not allowed. "
                         "Allowed: a mapping of the sections name, seed, data, model, fleet, "
@@ -427,8 +442,126 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     from fleetsim.components import validate_components
 
     load_plugins(sc.plugins, source)
+    _check_component_numbers(sc, source, list(parsed))
     validate_components(sc, source, list(parsed))
     return sc
+
+
+def _check_component_numbers(sc: Scenario, source: str, overrides: Sequence[str]) -> None:
+    """Booleans and NaN/infinity where a component's option wants a number are errors.
+
+    Components' ``Options`` are plain pydantic models (plugins' too), whose lax mode would
+    take ``true`` as 1; their raw options are checked here against their annotations.
+    Unknown names are left to :func:`fleetsim.components.validate_components`.
+    """
+    from fleetsim.components import registries
+
+    regs = registries()
+    parts = [("dataset", sc.data.dataset, sc.data.options, "data.options"),
+             ("partitioner", sc.data.partition.name, sc.data.partition.options,
+              "data.partition.options"),
+             ("model", sc.model.arch, sc.model.options, "model.options"),
+             ("policy", sc.policy.name, sc.policy.options, "policy.options"),
+             ("selector", sc.selector.name, sc.selector.options, "selector.options"),
+             ("topology", sc.fleet.topology.kind, sc.fleet.topology.options,
+              "fleet.topology.options")]
+    traces = [("fleet.traces", sc.fleet.traces)] + [
+        (f"fleet.classes[{i}].traces", c.traces) for i, c in enumerate(sc.fleet.classes)
+        if c.traces is not None]
+    parts += [("trace generator", tc.generator, tc.options, f"{key}.options")
+              for key, tc in traces if tc.file is None and tc.generator is not None]
+    for kind, name, options, key in parts:
+        if name not in regs[kind]:
+            continue
+        opts = getattr(regs[kind].get(name), "Options", None)
+        if not (isinstance(opts, type) and issubclass(opts, BaseModel)):
+            continue
+        p = find_loose_number(opts, dict(options))
+        if p is None:
+            continue
+        path = key + "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in p.loc)
+        dotted = path.replace("[", ".").replace("]", "")  # as --set writes it
+        via = any(dotted == o or dotted.startswith(o + ".") or o.startswith(dotted + ".")
+                  for o in overrides)
+        where = f"{source} (command-line --set)" if via else source
+        raise UserError(f"{where}: at '{path}': {p.value!r} is not allowed ({p.message}; "
+                        f"option of {kind} '{name}'). Allowed: {p.allowed}.")
+
+
+_SCENARIO_EXAMPLE = "the path of a YAML scenario file, e.g. scenarios/quickstart.yaml"
+
+
+def _read_scenario_file(p: Path, source: str) -> str:
+    if p.is_dir():
+        raise UserError(f"{source}: is a folder, not a scenario file. Allowed: "
+                        f"{_SCENARIO_EXAMPLE}.")
+    if not p.exists():
+        raise UserError(f"{source}: the scenario file does not exist. Allowed: "
+                        f"{_SCENARIO_EXAMPLE}.")
+    try:
+        return p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{source}: the scenario file cannot be read ({exc}). Allowed: "
+                        f"{_SCENARIO_EXAMPLE} (UTF-8 text).") from None
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document; a key given twice in one mapping is an error.
+
+    PyYAML keeps the last of duplicate keys without a word, so ``rounds: 5`` followed
+    later by ``rounds: 50`` would run 50 rounds: the document is composed first, every
+    mapping is checked for repeated keys (with the key path and both lines), and only
+    then is it constructed.
+
+    Returns
+    -------
+    The document (None when the text holds no document or only null).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(loader, node, (), source, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"{source}: the file is not valid YAML{line}: "
+                        f"{getattr(exc, 'problem', None) or exc}. Allowed: a YAML mapping of "
+                        "the scenario sections.") from None
+    finally:
+        loader.dispose()
+
+
+def _check_duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node,
+                          loc: tuple[str | int, ...], source: str, active: set[int]) -> None:
+    if id(node) in active:  # an alias that refers to its own ancestor: seen already
+        return
+    active.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' merges, on purpose
+                _check_duplicate_keys(loader, value_node, loc, source, active)
+                continue
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode):
+                key = loader.construct_object(key_node)  # 'a' and "a" are the same key
+                if key in seen:
+                    path = _loc_text((*loc, str(key)))
+                    raise UserError(
+                        f"{source}: at '{path}': the key is given twice in the same mapping "
+                        f"(line {seen[key]} and line {line}); YAML would silently keep the "
+                        "last. Allowed: each key once per mapping (delete one of them).")
+                seen[key] = line
+            else:  # a complex key (a list or mapping): the schema rejects it anyway
+                key = f"<key at line {line}>"
+            _check_duplicate_keys(loader, value_node, (*loc, str(key)), source, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(loader, item, (*loc, i), source, active)
+    active.discard(id(node))
 
 
 def _resolve_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -463,14 +596,18 @@ def load_plugins(plugins: Sequence[str], source: str = "<scenario>") -> None:
     import importlib.util
     import sys
 
-    for item in plugins:
+    for i, item in enumerate(plugins):
         if item in _LOADED_PLUGINS:
             continue
+        at = f"{source}: at 'plugins[{i}]'"
+        cannot = ("Allowed: a Python file path (relative to the scenario) or an importable "
+                  "module name.")
+        name = item
         try:
             if item.endswith(".py"):
                 p = Path(item)
                 if not p.is_file():
-                    raise FileNotFoundError(item)
+                    raise UserError(f"{at}: the plugin file {item} does not exist. {cannot}")
                 name = f"fleetsim_plugin_{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
                 spec = importlib.util.spec_from_file_location(name, p)
                 assert spec is not None and spec.loader is not None
@@ -479,8 +616,44 @@ def load_plugins(plugins: Sequence[str], source: str = "<scenario>") -> None:
                 spec.loader.exec_module(mod)
             else:
                 mod = importlib.import_module(item)
-        except (ImportError, FileNotFoundError) as exc:
-            raise UserError(f"{source}: at 'plugins': {item!r} cannot be imported ({exc}). "
-                            "Allowed: a Python file path (relative to the scenario) or an "
-                            "importable module name.") from None
+        except UserError:
+            raise
+        except ModuleNotFoundError as exc:
+            sys.modules.pop(name, None)
+            if exc.name is not None and (item == exc.name or item.startswith(exc.name + ".")):
+                raise UserError(f"{at}: {item!r} cannot be imported ({exc}). {cannot}"
+                                ) from None
+            raise _plugin_error(at, item, exc) from None
+        except (Exception, SystemExit) as exc:  # a plugin is user code: anything can come
+            sys.modules.pop(name, None)
+            raise _plugin_error(at, item, exc) from None
         _LOADED_PLUGINS[item] = mod
+
+
+def _plugin_error(at: str, item: str, exc: BaseException) -> UserError:
+    """A plugin failed while being imported: name its file, the line and the exception."""
+    import traceback
+
+    if isinstance(exc, SyntaxError):  # raised by the compiler: it knows file and line
+        file, line = exc.filename or item, exc.lineno
+        what = f"SyntaxError: {exc.msg}"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        # the plugin's own line, if the error came up through it; else where it was raised
+        mine = [f for f in frames if item.endswith(".py") and _same_file(f.filename, item)]
+        user = [f for f in frames if "importlib" not in f.filename]
+        frame = (mine or user or frames or [None])[-1]
+        file = frame.filename if frame is not None else item
+        line = frame.lineno if frame is not None else None
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    where = f"{file}, line {line}" if line else file
+    return UserError(f"{at}: the plugin {item!r} failed while being imported, with {what} "
+                     f"(at {where}). Allowed: a plugin that imports without error; fix "
+                     f"{where}.")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from fleetsim.errors import input_error
 from fleetsim.nn.base import DroppableNet, Group, ParamSpec
+from fleetsim.numbers import StrictNumbers
 from fleetsim.registry import Registry
 
 MODELS: Registry[type[DroppableNet]] = Registry("model")
 
+#: A layer width: a group of zero channels has nothing to keep or train (and once crashed
+#: the channel selection with an IndexError).
+Width = Annotated[int, Field(ge=1)]
 
-class ModelOptions(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class ModelOptions(StrictNumbers):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     rescale: bool = Field(True, description="scale kept activations by 1/(1-d) in training "
                           "(inverted dropout), so train and eval see the same expected size")
 
@@ -74,7 +80,8 @@ class MLP(DroppableNet):
     arch = "mlp"
 
     class Options(ModelOptions):
-        hidden: tuple[int, ...] = Field((200, 200), min_length=1)
+        hidden: tuple[Width, ...] = Field((200, 200), min_length=1, description="units of "
+                                          "each hidden layer (each >= 1)")
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int,
                  options: MLP.Options | None = None) -> None:
@@ -119,7 +126,8 @@ class CNN4(DroppableNet):
     arch = "cnn4"
 
     class Options(ModelOptions):
-        channels: tuple[int, int, int, int] = (16, 32, 64, 64)
+        channels: tuple[Width, Width, Width, Width] = Field(
+            (16, 32, 64, 64), description="filters of the four convolutions (each >= 1)")
         norm: str = Field("none", pattern="^(none|bn)$")
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int,
@@ -128,7 +136,7 @@ class CNN4(DroppableNet):
         o = options or self.Options()
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.rescale = o.rescale
-        cin, h, w = input_shape
+        cin, h, w = image_shape(self.arch, input_shape, 4)  # two 2x2 poolings
         self.use_bn = o.norm == "bn"
         self.groups = tuple(Group(f"c{i}", c) for i, c in enumerate(o.channels))
         self.specs = {}
@@ -176,7 +184,8 @@ class _TwoConvCNN(DroppableNet):
     """
 
     class Options(ModelOptions):
-        channels: tuple[int, int] = (32, 64)
+        channels: tuple[Width, Width] = Field((32, 64), description="filters of the two "
+                                              "convolutions (each >= 1)")
         hidden: int = Field(2048, ge=1)
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int,
@@ -185,7 +194,7 @@ class _TwoConvCNN(DroppableNet):
         o = options or self.Options()
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.rescale = o.rescale
-        cin, h, w = input_shape
+        cin, h, w = image_shape(self.arch, input_shape, 4)  # two 2x2 poolings
         c1, c2 = o.channels
         self.groups = (Group("conv1", c1), Group("conv2", c2), Group("fc1", o.hidden))
         self.conv1 = nn.Conv2d(cin, c1, 5, padding=2)
@@ -239,9 +248,41 @@ class McMahanCNN(_TwoConvCNN):
         hidden: int = Field(512, ge=1)
 
 
+def image_shape(arch: str, input_shape: tuple[int, ...], min_side: int = 1
+                ) -> tuple[int, int, int]:
+    """``input_shape`` as (channels, height, width), or a :class:`UserError` saying that
+    model ``arch`` does not fit the dataset's samples (flat vectors, or images smaller
+    than ``min_side`` pixels on a side, which its poolings would shrink to nothing)."""
+    if len(input_shape) != 3 or min(input_shape) < 1 or min(input_shape[1:]) < min_side:
+        raise input_error(
+            None, "model.arch", f"the model {arch} needs image samples (channels, height, "
+            f"width) of at least {min_side}x{min_side} pixels, and the dataset's samples "
+            f"have shape {tuple(input_shape)}", "a model that fits the dataset (mlp takes "
+            "samples of any shape), or a dataset of images (data.dataset: mnist5k, digits, "
+            "femnist, cifar10)")
+    return input_shape[0], input_shape[1], input_shape[2]
+
+
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int,
                 options: dict[str, Any] | None = None) -> DroppableNet:
-    """Build a registered architecture (options already validated by the scenario)."""
-    cls = MODELS.get(arch)
-    opts = cls.Options(**(options or {}))  # type: ignore[attr-defined]
+    """Build a registered architecture.
+
+    The scenario validates the options first, with its file and key path; this checks
+    them again for direct callers, and the fit of model and data (``model.arch``) too.
+    """
+    cls = MODELS.get(arch, key_path="model.arch")
+    try:
+        opts = cls.Options(**(options or {}))  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in ("model", "options", *err["loc"]))
+        raise input_error(None, key, f"{err.get('input')!r} is not allowed ({err['msg']})",
+                          f"the options of model {arch} (see `fleetsim schema`)") from None
+    from fleetsim.nn.resnet import CifarResNet
+
+    if issubclass(cls, CifarResNet):  # convolutions from the first layer on: images only
+        image_shape(arch, tuple(input_shape))
+    if num_classes < 1:
+        raise input_error(None, "model", f"{num_classes} classes is not allowed",
+                          "a dataset with at least one class")
     return cls(tuple(input_shape), num_classes, opts)  # type: ignore[call-arg]

@@ -12,6 +12,7 @@ decisions, which makes a new policy a short, testable file.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetsim.costs import CostModel
+from fleetsim.errors import UserError
 from fleetsim.registry import Registry
 
 Vector = tuple[float, ...]
@@ -166,6 +168,59 @@ class Policy:
 
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
+
+
+def check_vector(policy_name: str, vector: Sequence[float] | None, n_groups: int,
+                 where: str = "decide()") -> Vector | None:
+    """A policy's dropout vector, checked: ``n_groups`` finite rates in [0, 1).
+
+    A policy is user code, and the layers below it would quietly make any vector fit:
+    :func:`fleetsim.nn.slicing.kept_count` clamps the kept channels to between 1 and all
+    of them, so a rate of 1.5 trains one channel and -0.2 the full group, and the cost
+    model times what was clamped. So the engine checks each vector a policy returns.
+
+    Parameters
+    ----------
+    policy_name : the scenario's ``policy.name``, for the message
+    vector : what the policy returned (None: stop, or the full model for a sub-model)
+    n_groups : the model's droppable groups
+    where : which method returned it (``decide()`` or ``assign().submodel``)
+
+    Returns
+    -------
+    The vector as a tuple of floats (None stays None).
+
+    Raises
+    ------
+    UserError : naming the policy, the method, the vector and what is allowed
+    """
+    if vector is None:
+        return None
+
+    def bad(problem: str) -> UserError:
+        return UserError(
+            f"policy '{policy_name}': {where} returned the dropout vector {vector!r}, which "
+            f"{problem}. Allowed: None (stop, or the full model) or a sequence of "
+            f"{n_groups} dropout rate{'s' if n_groups != 1 else ''}, one per droppable "
+            f"layer group, each a number in [0, 1) (0 keeps every channel).")
+
+    try:
+        n = len(vector)
+    except TypeError:
+        raise bad("is not a sequence of numbers") from None
+    if n != n_groups:
+        raise bad(f"has {n} entr{'y' if n == 1 else 'ies'} where the model has {n_groups} "
+                  f"groups")
+    out = []
+    for i, d in enumerate(vector):
+        # bool is an int to Python; a rate of True is a bug in the policy, not 1.0
+        if isinstance(d, bool) or not isinstance(d, int | float | np.integer | np.floating):
+            raise bad(f"holds {d!r} at index {i}, not a number in [0, 1)")
+        x = float(d)
+        if not 0.0 <= x < 1.0:  # NaN fails this too
+            raise bad(f"holds {x!r} at index {i}, outside [0, 1)")
+        out.append(x)
+    return tuple(out)
 
 
 def options_of(cls: type[Policy], raw: dict[str, Any]) -> PolicyOptions:
