@@ -134,9 +134,13 @@ def _add_import(tsub: argparse._SubParsersAction) -> None:
     b = _add(isub, "fedscale-behave", "FedScale client_behave_trace -> trace file",
              "FedScale's client_behave_trace (pickled dict: client id -> {'active': [start "
              "s], 'inactive': [end s], 'finish_time': period s, ...}) to a trace file: "
-             "online on [active, inactive) modulo the period (intervals that wrap around "
-             "the period's end are split), availability constant. Devices are the clients "
-             "in id order; their ids are kept in the dataset 'client_id'.",
+             "online on [active, inactive) modulo the client's own finish_time, as "
+             "FedScale's is_active; each client's cycle repeats within the file's one "
+             "period (exact where its finish_time divides the period). Parts FedScale "
+             "never sees (past finish_time, inactive before active) are cut or dropped and "
+             "counted; negative times, missing keys and a --period-s shorter than a "
+             "finish_time are errors. Availability constant. Devices are the clients in id "
+             "order; their ids are kept in the dataset 'client_id'.",
              cmd_traces_import_behave)
     b.add_argument("file", help="the client_behave_trace pickle")
     b.add_argument("-o", "--out", required=True, help="output .h5 file")
@@ -144,7 +148,8 @@ def _add_import(tsub: argparse._SubParsersAction) -> None:
                    help="availability of every "
                    "device (default 1: all of peak compute while online)")
     b.add_argument("--period-s", metavar="S", type=float,
-                   help="period (default: the largest finish_time)")
+                   help="the file's period, at least the largest finish_time (default: "
+                   "that); a common multiple of the finish times makes every client exact")
     b.add_argument("--skip-never-online", action="store_true", help="drop clients without "
                    "any active interval (default: keep them, never online)")
     c = _add(isub, "fedscale-capacity", "FedScale client_device_capacity -> device classes",
@@ -222,16 +227,19 @@ def cmd_traces_show(args: argparse.Namespace) -> int:
 
 
 def cmd_traces_import_behave(args: argparse.Namespace) -> int:
-    from fleetsim.traces.importers import import_fedscale_behave, write_with_ids
+    from fleetsim.traces.importers import BEHAVE_REPORT, import_fedscale_behave, write_with_ids
 
     check_output_file(args.out, "-o", make_parents=False)
     ts, ids = import_fedscale_behave(args.file, args.availability, args.period_s,
                                      args.skip_never_online)
     write_with_ids(args.out, ts, ids)
-    never = int(sum(1 for i in range(ts.n_devices)
-                    if not ts.online.device(i)[1].any()))
     print(f"wrote {args.out}: {ts.n_devices} devices ({ts.meta['clients_in_file']} clients "
-          f"in the file, {never} never online), period {ts.period_s:g} s")
+          f"in the file), period {ts.period_s:g} s")
+    # what the importer cut, dropped or could not reproduce exactly, so nothing is silent
+    # (also stored in the file: extra.import_report)
+    for key, count in ts.meta["import_report"].items():
+        if count:
+            print(f"  {count} {BEHAVE_REPORT[key]}")
     return 0
 
 

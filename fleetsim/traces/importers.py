@@ -5,7 +5,8 @@
   snippet), speed classes binned by quantile.
 - FedScale ``client_behave_trace`` (pickled dict: client id -> ``{'duration',
   'finish_time', 'active': [start s ...], 'inactive': [end s ...], 'model'}``) -> a trace
-  file, online while active, periodic with ``finish_time``.
+  file, online while active, each client repeating its own ``finish_time`` cycle within
+  the file's one period (see :func:`import_fedscale_behave`).
 - A plain CSV ``device,t_s,availability[,online]`` -> a trace file.
 
 Unpickling runs code stored in the file: import only pickles you trust.
@@ -17,6 +18,7 @@ import csv
 import math
 import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import numpy as np
 from fleetsim.errors import UserError
 from fleetsim.traces.format import Signal, TraceSet, write_traces
 from fleetsim.traces.generators import intervals_signal
+from fleetsim.traces.period import split_period
 
 # FedScale's per-sample times do not depend on the model. fleetsim turns them into a peak
 # speed through the forward MACs of one sample of a reference model: MobileNetV2 at
@@ -160,29 +163,122 @@ def capacity_classes(path: str | os.PathLike[str], n_classes: int = 4,
 # ----------------------------------------------------------------------------- behaviour
 
 
-def _intervals(path: Path, cid: Any, rec: Any, period: float) -> tuple[np.ndarray, np.ndarray]:
-    def bad(problem: str) -> UserError:
-        return UserError(f"{path}: at client {cid!r}: {problem}. Allowed: a record with "
-                         "'active' and 'inactive' lists of seconds (one inactive per active, "
-                         "or one fewer when the last interval runs to the period's end).")
+#: What the FedScale behaviour importer reports rather than rejects: each a count, printed
+#: by the CLI and stored in the output file's provenance (``extra.import_report``).
+BEHAVE_REPORT = {
+    "clipped_at_finish_time": "intervals running past their client's finish_time, cut there "
+                              "(FedScale's cur_time % finish_time never gets beyond it)",
+    "start_at_or_after_finish_time": "intervals starting at or after their client's "
+                                     "finish_time, dropped (FedScale never reaches them)",
+    "end_before_start": "intervals whose inactive time is before their active time, dropped "
+                        "(FedScale's active <= t <= inactive never holds)",
+    "open_last_interval": "clients with one inactive time fewer than active times: the last "
+                          "interval runs to the client's finish_time",
+    "inexact_wrap_clients": "clients whose finish_time does not divide the period: their "
+                            "cycle restarts at the period's end, where FedScale's would not",
+    "never_online_clients": "clients that are never online",
+    "skipped_clients": "clients dropped by --skip-never-online",
+}
 
+_BEHAVE_ALLOWED = ("a dict record with 'finish_time' (the client's period, seconds > 0) and "
+                   "'active' and 'inactive' lists of seconds >= 0 (one inactive per active, or "
+                   "one fewer when the last interval runs to finish_time)")
+
+# The most interval copies one client may unroll into the period: a period far longer
+# than a client's cycle would otherwise build a huge trace without saying so.
+MAX_UNROLLED_INTERVALS = 10_000_000
+
+
+def _behave_error(path: Path, cid: Any, key: str | None, problem: str) -> UserError:
+    where = f"client {cid!r}" + (f", key {key}" if key else "")
+    return UserError(f"{path}: at {where}: {problem}. Allowed: {_BEHAVE_ALLOWED}.")
+
+
+def _finish_time(path: Path, cid: Any, rec: Any) -> float:
+    """The client's own period, FedScale's ``finish_time``."""
+    if not isinstance(rec, Mapping):
+        raise _behave_error(path, cid, None, f"the record is a {type(rec).__name__}, not a "
+                            "dict")
+    if "finish_time" not in rec:
+        raise _behave_error(path, cid, "'finish_time'", "missing")
     try:
-        act = np.asarray(rec.get("active", []) or [], dtype=np.float64)
-        ina = np.asarray(rec.get("inactive", []) or [], dtype=np.float64)
-    except (AttributeError, TypeError, ValueError):
-        raise bad("'active' or 'inactive' is not a list of numbers") from None
-    if act.ndim != 1 or ina.ndim != 1:
-        raise bad("'active' or 'inactive' is not a flat list")
+        f = float(rec["finish_time"])
+    except (TypeError, ValueError):
+        raise _behave_error(path, cid, "'finish_time'", f"{rec['finish_time']!r} is not a "
+                            "number") from None
+    if not (f > 0 and math.isfinite(f)):
+        raise _behave_error(path, cid, "'finish_time'", f"{f!r} s is not a positive finite "
+                            "time")
+    return f
+
+
+def _intervals(path: Path, cid: Any, rec: Mapping[str, Any], finish_s: float,
+               report: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One client's online intervals ``[start, end)`` within ``[0, finish_s]``, as FedScale's
+    ``is_active`` sees them; what it cannot see is dropped or cut, and counted."""
+    times = {}
+    for key in ("active", "inactive"):
+        if key not in rec:
+            raise _behave_error(path, cid, f"'{key}'", "missing")
+        try:
+            x = np.asarray(rec[key] if rec[key] is not None else [], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise _behave_error(path, cid, f"'{key}'", "not a list of numbers") from None
+        if x.ndim != 1:
+            raise _behave_error(path, cid, f"'{key}'", "not a flat list of numbers")
+        bad = np.flatnonzero(~np.isfinite(x))
+        if len(bad):
+            raise _behave_error(path, cid, f"'{key}'[{bad[0]}]",
+                                f"{float(x[bad[0]])!r} is not a finite time")
+        neg = np.flatnonzero(x < 0)
+        if len(neg):
+            raise _behave_error(path, cid, f"'{key}'[{neg[0]}]",
+                                f"time {float(x[neg[0]])!r} s is negative (times count from "
+                                "the trace's start)")
+        times[key] = x
+    act, ina = times["active"], times["inactive"]
     if len(ina) == len(act) - 1:
-        ina = np.append(ina, period)  # online until the end of the period
+        ina = np.append(ina, finish_s)  # online until the end of the client's cycle
+        report["open_last_interval"] += 1
     if len(ina) != len(act):
-        raise bad(f"{len(act)} active times but {len(ina)} inactive times")
-    if not (np.all(np.isfinite(act)) and np.all(np.isfinite(ina))):
-        raise bad("non-finite times")
-    length = ina - act
-    # an interval written across the period boundary (end < start) wraps around it
-    length = np.where(length < 0, length + period, length)
-    return act, length
+        raise _behave_error(path, cid, None, f"{len(act)} active times but {len(ina)} "
+                            "inactive times")
+    late = act >= finish_s
+    backwards = ~late & (ina < act)
+    keep = ~late & ~backwards
+    clipped = keep & (ina > finish_s)
+    report["start_at_or_after_finish_time"] += int(late.sum())
+    report["end_before_start"] += int(backwards.sum())
+    report["clipped_at_finish_time"] += int(clipped.sum())
+    return act[keep], np.minimum(ina[keep], finish_s)
+
+
+def _unroll(path: Path, cid: Any, starts: np.ndarray, ends: np.ndarray, finish_s: float,
+            period_s: float, report: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat a client's cycle of ``finish_s`` over the file's period (starts, lengths).
+
+    Exact wherever the cycle fits; when ``finish_s`` does not divide the period, the last
+    cycle is cut at the period's end and the file restarts the client at phase 0, where
+    FedScale would be at phase ``period_s % finish_s``: the one inexact place, counted.
+    """
+    q, r = split_period(period_s, finish_s)
+    tol = 1e-9 * period_s  # decimal periods (1000.1 * 3 vs 3000.3) divide to within rounding
+    if r <= tol:
+        copies = int(q)
+    elif finish_s - r <= tol:
+        copies = int(q) + 1
+    else:
+        copies = int(q) + 1
+        report["inexact_wrap_clients"] += 1
+    if copies * len(starts) > MAX_UNROLLED_INTERVALS:
+        raise _behave_error(path, cid, "'finish_time'", f"repeating its {finish_s:g} s cycle "
+                            f"over the period of {period_s:g} s makes {copies * len(starts)} "
+                            "intervals, too many; choose a shorter --period-s")
+    shift = np.arange(copies, dtype=np.float64)[:, None] * finish_s
+    a = (starts[None, :] + shift).ravel()
+    b = np.minimum((ends[None, :] + shift).ravel(), period_s)
+    keep = a < period_s
+    return a[keep], b[keep] - a[keep]
 
 
 def import_fedscale_behave(path: str | os.PathLike[str], availability: float = 1.0,
@@ -194,34 +290,57 @@ def import_fedscale_behave(path: str | os.PathLike[str], availability: float = 1
     ----------
     path : the pickle
     availability : availability of every device (FedScale's trace has only on/off)
-    period_s : the period (default: the largest ``finish_time``, 518,400 s in FedScale's)
+    period_s : the file's period (default: the largest ``finish_time``); it may not be
+        shorter than any client's ``finish_time``
     skip_never_online : drop clients with no active interval (default: keep them, offline)
 
-    A client is online on ``[active[k], inactive[k])``, modulo the period; an interval
-    that ends before it starts, or past the period, wraps around the period's end.
+    FedScale asks ``active[i] <= cur_time % finish_time <= inactive[i]`` with each
+    client's *own* ``finish_time``; a fleetsim file has one period for all devices. So
+    each client's cycle is repeated within the file's period: exact up to the period's
+    end, and for ever where ``finish_time`` divides the period; elsewhere the client
+    restarts at phase 0 when the file wraps, while FedScale would be at phase
+    ``period % finish_time``. Those clients are counted (``inexact_wrap_clients``); a
+    ``period_s`` that is a common multiple of the finish times, or longer than the runs,
+    makes the import exact. (The least common multiple itself can be unboundedly long.)
+
+    Rejected with a :class:`UserError` naming the file, the client and the key: missing
+    keys, non-numeric or negative times, a ``finish_time`` that is not positive, a
+    ``period_s`` shorter than a ``finish_time``, and client ids that are equal as text (the
+    file stores ids as text). Reported and counted in ``meta['import_report']`` (keys of
+    :data:`BEHAVE_REPORT`): what FedScale's rule cannot see, which is cut or dropped the
+    way FedScale would (intervals past ``finish_time``, intervals ending before they
+    start), and the inexact wrap-arounds.
     """
     p = Path(path)
     if not 0.0 <= availability <= 1.0:
         raise UserError(f"command line: --availability {availability} is not allowed. "
                         "Allowed: a share of peak compute in [0, 1].")
+    if period_s is not None and not (period_s > 0 and math.isfinite(period_s)):
+        raise UserError(f"command line: --period-s {period_s} is not allowed. Allowed: "
+                        "positive finite seconds, at least every client's finish_time.")
     data = _load_pickle(p, "client_behave_trace")
     ids = _sorted_ids(list(data))
+    _check_text_ids(p, ids)
+    finish = {cid: _finish_time(p, cid, data[cid]) for cid in ids}
+    longest = max(ids, key=lambda c: finish[c])
     if period_s is None:
-        try:
-            period_s = max(float(data[c]["finish_time"]) for c in ids)
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{p}: a record lacks a numeric 'finish_time'. Allowed: FedScale "
-                            "records with 'finish_time' (the period in s), or --period-s."
-                            ) from None
-    if not (period_s > 0 and math.isfinite(period_s)):
-        raise UserError(f"{p}: period {period_s} s is not allowed. Allowed: a positive "
-                        "'finish_time' or --period-s.")
+        period_s = finish[longest]
+    elif period_s < finish[longest]:
+        raise UserError(f"{p}: --period-s {period_s:g} is shorter than the data: client "
+                        f"{longest!r} has key 'finish_time' {finish[longest]:g} s, so its cycle "
+                        "would be cut. Allowed: --period-s at least the largest finish_time, or "
+                        "no --period-s (the largest finish_time).")
+    report = dict.fromkeys(BEHAVE_REPORT, 0)
     on_t, on_v, kept = [], [], []
     for cid in ids:
-        starts, lengths = _intervals(p, cid, data[cid], period_s)
-        if skip_never_online and not np.any(lengths > 0):
-            continue
-        t, v = intervals_signal(starts, lengths, period_s)
+        starts, ends = _intervals(p, cid, data[cid], finish[cid], report)
+        a, length = _unroll(p, cid, starts, ends, finish[cid], period_s, report)
+        t, v = intervals_signal(a, length, period_s)
+        if not v.any():
+            report["never_online_clients"] += 1
+            if skip_never_online:
+                report["skipped_clients"] += 1
+                continue
         on_t.append(t)
         on_v.append(v)
         kept.append(cid)
@@ -233,9 +352,20 @@ def import_fedscale_behave(path: str | os.PathLike[str], availability: float = 1
     meta = {"source": f"FedScale client_behave_trace {p.name}", "generator": "",
             "params": {"availability": availability, "period_s": period_s,
                        "skip_never_online": skip_never_online},
-            "clients_in_file": len(ids), "devices": n}
+            "clients_in_file": len(ids), "devices": n, "import_report": report}
     ts = TraceSet(av, Signal.from_lists(on_t, on_v, np.uint8), period_s, period_s, meta)
     return ts, kept
+
+
+def _check_text_ids(path: Path, ids: list[Any]) -> None:
+    """Client ids are stored as text: two ids with one text (1 and "1") are an error."""
+    seen: dict[str, Any] = {}
+    for cid in ids:
+        other = seen.setdefault(str(cid), cid)
+        if other is not cid:
+            raise UserError(f"{path}: client ids {other!r} and {cid!r} are the same as text "
+                            f"({str(cid)!r}), and the trace file stores ids as text (dataset "
+                            "client_id). Allowed: client ids that differ as text.")
 
 
 def write_with_ids(path: str | os.PathLike[str], ts: TraceSet, ids: list[Any]) -> None:

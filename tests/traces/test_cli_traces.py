@@ -114,3 +114,34 @@ def test_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             argv[argv.index("--devices") + 1] = "5"
         argv[argv.index("-o") + 1] = str(tmp_path / "out.h5")
         assert main(argv) == 0, argv
+
+
+def test_behave_import_prints_and_stores_what_it_reported(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    behave = tmp_path / "client_behave_trace"
+    behave.write_bytes(pickle.dumps({
+        1: {"active": [10, 90], "inactive": [20, 130], "finish_time": 100},  # 1 clipped
+        2: {"active": [30], "inactive": [20], "finish_time": 100},  # ends before it starts
+        3: {"active": [5], "inactive": [10], "finish_time": 30},  # 30 s does not divide 100
+    }))
+    out = tmp_path / "f.h5"
+    assert main(["traces", "import", "fedscale-behave", str(behave), "-o", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "3 devices" in text
+    assert "1 intervals running past their client's finish_time" in text
+    assert "1 intervals whose inactive time is before their active time" in text
+    assert "1 clients whose finish_time does not divide the period" in text
+    assert "1 clients that are never online" in text
+    rep = read_traces(out).meta["import_report"]
+    assert rep["clipped_at_finish_time"] == 1 and rep["end_before_start"] == 1
+    assert rep["inexact_wrap_clients"] == 1 and rep["never_online_clients"] == 1
+
+
+def test_behave_import_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    behave = tmp_path / "client_behave_trace"
+    behave.write_bytes(pickle.dumps({7: {"active": [-3], "inactive": [20], "finish_time": 100}}))
+    out = tmp_path / "f.h5"
+    assert main(["traces", "import", "fedscale-behave", str(behave), "-o", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "client 7, key 'active'[0]: time -3.0 s is negative" in err and "Allowed" in err
+    assert not out.exists()

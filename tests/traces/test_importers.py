@@ -37,12 +37,22 @@ def _behave(path: Path) -> Path:
         12: {**rec, "active": [100.0, 5000.0], "inactive": [200.0, 6000.0]},
         3: {**rec, "active": [], "inactive": []},  # never online
         7: {**rec, "active": [PERIOD - 100.0], "inactive": [PERIOD + 50.0]},  # runs past the end
-        9: {**rec, "active": [PERIOD - 10.0], "inactive": [20.0]},  # written wrapped
+        9: {**rec, "active": [PERIOD - 10.0], "inactive": [20.0]},  # ends before it starts
         5: {**rec, "active": [0.0, 300.0], "inactive": [50.0]},  # last runs to the end
     })
 
 
-def test_fedscale_behave_intervals_wrap_and_empty_clients(tmp_path: Path) -> None:
+def fedscale_is_active(rec: dict, t: float) -> bool:
+    """FedScale's rule (client.is_active): ``active[i] <= t % finish_time <= inactive[i]``
+    for some i (a missing last inactive: up to finish_time). The reference the importer is
+    checked against."""
+    norm = t % rec["finish_time"]
+    ends = list(rec["inactive"]) + [rec["finish_time"]] * (len(rec["active"]) -
+                                                           len(rec["inactive"]))
+    return any(a <= norm <= b for a, b in zip(rec["active"], ends))
+
+
+def test_fedscale_behave_intervals_as_fedscale_sees_them(tmp_path: Path) -> None:
     ts, ids = import_fedscale_behave(_behave(tmp_path / "client_behave_trace"))
     assert ids == [3, 5, 7, 9, 12]
     assert ts.period_s == PERIOD and ts.horizon_s == PERIOD
@@ -50,29 +60,34 @@ def test_fedscale_behave_intervals_wrap_and_empty_clients(tmp_path: Path) -> Non
     assert on[3][0].tolist() == [0.0] and on[3][1].tolist() == [0]
     assert on[12][0].tolist() == [0.0, 100.0, 200.0, 5000.0, 6000.0]
     assert on[12][1].tolist() == [0, 1, 0, 1, 0]
-    assert on[7][0].tolist() == [0.0, 50.0, PERIOD - 100.0]
-    assert on[7][1].tolist() == [1, 0, 1]
-    assert on[9][0].tolist() == [0.0, 20.0, PERIOD - 10.0]
-    assert on[9][1].tolist() == [1, 0, 1]
+    # past finish_time: cut there (t % finish_time never gets beyond), not wrapped to 0
+    assert on[7][0].tolist() == [0.0, PERIOD - 100.0] and on[7][1].tolist() == [0, 1]
+    # inactive before active: FedScale's active <= t <= inactive never holds
+    assert on[9][0].tolist() == [0.0] and on[9][1].tolist() == [0]
     assert on[5][0].tolist() == [0.0, 50.0, 300.0] and on[5][1].tolist() == [1, 0, 1]
+    rep = ts.meta["import_report"]
+    assert rep["clipped_at_finish_time"] == 1 and rep["end_before_start"] == 1
+    assert rep["open_last_interval"] == 1 and rep["never_online_clients"] == 2
+    assert rep["start_at_or_after_finish_time"] == 0 and rep["inexact_wrap_clients"] == 0
     # availability 1 while online; the online signal as FedScale's is_active sees it
-    tr = DeviceTrace(*ts.availability.device(3), *ts.online.device(3), PERIOD)
-    assert tr.online_at(PERIOD - 5) and tr.online_at(2 * PERIOD + 10)
+    tr = DeviceTrace(*ts.availability.device(2), *ts.online.device(2), PERIOD)  # client 7
+    assert tr.online_at(PERIOD - 5) and tr.online_at(3 * PERIOD - 50)
     assert not tr.online_at(PERIOD + 30) and tr.availability_at(7.0) == 1.0
 
 
 def test_fedscale_behave_file_round_trip_with_ids(tmp_path: Path) -> None:
     ts, ids = import_fedscale_behave(_behave(tmp_path / "b.pkl"), availability=0.5,
                                      skip_never_online=True)
-    assert ids == [5, 7, 9, 12]
+    assert ids == [5, 7, 12]  # 3 has no interval, 9 none that FedScale would see
     out = tmp_path / "fedscale.h5"
     write_with_ids(out, ts, ids)
     back = read_traces(out)
-    assert back.n_devices == 4 and back.period_s == PERIOD
+    assert back.n_devices == 3 and back.period_s == PERIOD
     assert np.all(back.availability.value == 0.5)
     assert "FedScale" in back.meta["source"] and back.meta["clients_in_file"] == 5
+    assert back.meta["import_report"]["skipped_clients"] == 2
     with h5py.File(out) as f:
-        assert [x.decode() for x in f["client_id"][:]] == ["5", "7", "9", "12"]
+        assert [x.decode() for x in f["client_id"][:]] == ["5", "7", "12"]
     assert not list(tmp_path.glob("*.import"))
 
 
@@ -84,6 +99,94 @@ def test_fedscale_behave_rejects_bad_records(tmp_path: Path) -> None:
     p.write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="cannot be unpickled"):
         import_fedscale_behave(p)
+
+
+def test_fedscale_behave_honours_each_clients_finish_time(tmp_path: Path) -> None:
+    recs = {
+        "a": {"finish_time": 100.0, "active": [10.0], "inactive": [20.0]},
+        "b": {"finish_time": 300.0, "active": [0.0], "inactive": [50.0]},
+        "c": {"finish_time": 120.0, "active": [100.0], "inactive": [110.0]},
+    }
+    ts, ids = import_fedscale_behave(_pickle(tmp_path / "f.pkl", recs))
+    assert ids == ["a", "b", "c"] and ts.period_s == 300.0  # the largest finish_time
+    on = {cid: ts.online.device(k) for k, cid in enumerate(ids)}
+    # a repeats its 100 s cycle three times within the file's 300 s period
+    assert on["a"][0].tolist() == [0.0, 10.0, 20.0, 110.0, 120.0, 210.0, 220.0]
+    assert on["a"][1].tolist() == [0, 1, 0, 1, 0, 1, 0]
+    assert on["b"][0].tolist() == [0.0, 50.0] and on["b"][1].tolist() == [1, 0]
+    # c: 120 s does not divide 300 s; two whole cycles, then 60 s of a third (offline)
+    assert on["c"][0].tolist() == [0.0, 100.0, 110.0, 220.0, 230.0]
+    assert ts.meta["import_report"]["inexact_wrap_clients"] == 1
+    # against FedScale's own rule: everywhere for a and b (their cycles divide 300 s), and
+    # within the first period for c (after it, c restarts at phase 0, FedScale at phase 60)
+    rng = np.random.default_rng(0)
+    for k, cid in enumerate(ids):
+        tr = DeviceTrace(*ts.availability.device(k), *ts.online.device(k), ts.period_s)
+        span = 5 * 300.0 if cid != "c" else 300.0
+        for t in rng.uniform(0, span, 500):
+            assert tr.online_at(float(t)) == fedscale_is_active(recs[cid], float(t)), (cid, t)
+    # a longer --period-s: every client follows its own cycle exactly up to it
+    ts, _ = import_fedscale_behave(tmp_path / "f.pkl", period_s=600.0)
+    tr = DeviceTrace(*ts.availability.device(2), *ts.online.device(2), 600.0)
+    assert ts.meta["import_report"]["inexact_wrap_clients"] == 0
+    for t in rng.uniform(0, 3000, 500):
+        assert tr.online_at(float(t)) == fedscale_is_active(recs["c"], float(t)), t
+
+
+def test_fedscale_behave_reports_irregular_intervals(tmp_path: Path) -> None:
+    recs = {
+        1: {"finish_time": 100.0, "active": [10.0, 90.0], "inactive": [20.0, 130.0]},
+        2: {"finish_time": 100.0, "active": [30.0, 100.0, 150.0], "inactive": [40.0, 110.0,
+                                                                                160.0]},
+        3: {"finish_time": 100.0, "active": [50.0, 70.0], "inactive": [40.0]},
+        4: {"finish_time": 50.0, "active": [40.0], "inactive": [60.0]},  # repeats twice
+    }
+    ts, ids = import_fedscale_behave(_pickle(tmp_path / "r.pkl", recs))
+    on = {cid: ts.online.device(k) for k, cid in enumerate(ids)}
+    assert on[1][0].tolist() == [0.0, 10.0, 20.0, 90.0] and on[1][1].tolist() == [0, 1, 0, 1]
+    assert on[2][0].tolist() == [0.0, 30.0, 40.0] and on[2][1].tolist() == [0, 1, 0]
+    assert on[3][0].tolist() == [0.0, 70.0] and on[3][1].tolist() == [0, 1]
+    # cut at its own 50 s before it repeats: not [40, 60) overlapping the next cycle
+    assert on[4][0].tolist() == [0.0, 40.0, 50.0, 90.0] and on[4][1].tolist() == [0, 1, 0, 1]
+    assert ts.meta["import_report"] == {
+        "clipped_at_finish_time": 2, "start_at_or_after_finish_time": 2,
+        "end_before_start": 1, "open_last_interval": 1, "inexact_wrap_clients": 0,
+        "never_online_clients": 0, "skipped_clients": 0}
+    out = tmp_path / "r.h5"
+    write_with_ids(out, ts, ids)
+    assert read_traces(out).meta["import_report"]["start_at_or_after_finish_time"] == 2
+
+
+REC = {"finish_time": 100.0, "active": [10.0], "inactive": [20.0], "duration": 5}
+
+
+@pytest.mark.parametrize(("data", "period_s", "needles"), [
+    ({4: {**REC, "active": [-1.0]}}, None, ["client 4", "'active'[0]", "-1", "negative"]),
+    ({4: {**REC, "active": [1.0, 5.0], "inactive": [2.0, -3.0]}}, None,
+     ["client 4", "'inactive'[1]", "negative"]),
+    ({4: {k: v for k, v in REC.items() if k != "inactive"}}, None,
+     ["client 4", "'inactive'", "missing"]),
+    ({4: {k: v for k, v in REC.items() if k != "active"}}, None,
+     ["client 4", "'active'", "missing"]),
+    ({4: {k: v for k, v in REC.items() if k != "finish_time"}}, None,
+     ["client 4", "'finish_time'", "missing"]),
+    ({4: {**REC, "finish_time": 0}}, None, ["client 4", "'finish_time'", "0"]),
+    ({4: {**REC, "finish_time": "soon"}}, None, ["client 4", "'finish_time'"]),
+    ({4: {**REC, "inactive": [math.inf]}}, None, ["client 4", "'inactive'", "finite"]),
+    ({4: REC, 5: {**REC, "finish_time": 200.0}}, 150.0,
+     ["--period-s 150", "client 5", "'finish_time'", "200"]),
+    ({1: REC, "1": REC}, None, ["1", "'1'", "same", "text"]),
+    ({4: [1, 2]}, None, ["client 4", "is a list"]),
+])
+def test_fedscale_behave_errors_name_file_client_and_key(
+        tmp_path: Path, data: dict, period_s: float | None, needles: list[str]) -> None:
+    p = _pickle(tmp_path / "behave.pkl", data)
+    with pytest.raises(UserError) as exc:
+        import_fedscale_behave(p, period_s=period_s)
+    msg = str(exc.value)
+    assert msg.startswith(f"{p}: ") and "Allowed:" in msg and "\n" not in msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
 
 
 def _capacity(path: Path) -> Path:
