@@ -104,8 +104,14 @@ def cmd_dse(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides.append(f"dse.workers={args.workers}")
     sc = load_scenario(args.scenario, overrides)
+    png = Path(args.out).with_suffix(".png")
+    if png == Path(args.out):
+        raise UserError(f"command line: at '--out': {args.out} ends in .png, the name of the "
+                        "plot written beside the front, which would overwrite it. Allowed: a "
+                        "front file such as fronts/mnist.h5.")
     check_output_file(args.out, "--out")
-    check_output_file(Path(args.out).with_suffix(".png"), "--out")  # the plot beside it
+    check_output_file(png, "--out")  # the plot beside it
+    check_output_dir(sc.dse.cache_dir, "dse.cache_dir", source=args.scenario)
     t0 = time.perf_counter()
     front, evaluated = run_dse(sc, progress=not args.quiet)
     write_front(args.out, front, evaluated)

@@ -104,9 +104,16 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import math
+
+    from fleetsim.errors import UserError
     from fleetsim.paths import check_output_dir
     from fleetsim.report import write_report
 
+    t = args.target_accuracy
+    if t is not None and not (math.isfinite(t) and 0 < t <= 1):
+        raise UserError(f"command line: at '--target-accuracy': {t!r} is not allowed. "
+                        "Allowed: a test accuracy in (0, 1], e.g. 0.9.")
     # the report is written into the batch folder: it must be one, and writable
     check_output_dir(args.dir, "DIR", must_exist=True,
                      allowed="the --out folder of `fleetsim compare`, writable")

@@ -113,7 +113,10 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     if "front" in pcls.Options.model_fields and options.get("front") is None:
         # DISTREAL-family policies: the front of this scenario's DSE settings (cached)
         from fleetsim.dse import front_for
+        from fleetsim.paths import check_output_dir
 
+        # the search writes its cache there: find out now, not after the search
+        check_output_dir(sc.dse.cache_dir, "dse.cache_dir", source=source or "<scenario>")
         options["front"] = str(front_for(sc, progress=progress))
     ctx = PolicyContext(
         groups=tuple((g.name, g.channels) for g in model.groups),

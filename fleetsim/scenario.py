@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -228,6 +229,8 @@ class DseConfig(Section):
             # a rate of 1 or more (or below 0) would be clamped to a valid width when the
             # sub-network is cut, so the front would list vectors that never ran
             raise ValueError(f"dropout rates must be in [0, 1); {bad[0]!r} is not")
+        if len(set(grid)) < 2:  # one level: nothing to search
+            raise ValueError("the grid needs at least two different dropout rates")
         return grid
 
 
@@ -236,10 +239,15 @@ class OutputConfig(Section):
     plot: bool = Field(True, description="write accuracy.png")
 
 
+_NAME = re.compile(r"[\w+=,-][\w .+=,-]*")
+
+
 class Scenario(Section):
     """A complete scenario. Build with :func:`load_scenario`."""
 
-    name: str = Field("scenario", description="label used in results")
+    name: str = Field("scenario", description="label used in results and as the folder "
+                      "name of its runs (runs/<name>/seed-<k>): letters, digits and . _ - "
+                      "+ = , and spaces, not starting with a dot or a space")
     description: str = ""
     seed: int = Field(0, ge=0, description="run seed; every random stream derives from it")
     plugins: tuple[str, ...] = Field((), description="Python files (relative to the "
@@ -255,6 +263,17 @@ class Scenario(Section):
     costs: CostsConfig = Field(default_factory=CostsConfig)
     dse: DseConfig = Field(default_factory=DseConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        # the name becomes a folder (runs/<name>/seed-<k>, compare's OUT/<name>/...): a
+        # slash or '..' would write elsewhere, and an empty name would merge two levels
+        if not _NAME.fullmatch(name):
+            raise ValueError("a scenario name must be non-empty and made of letters, digits, "
+                             "spaces and . _ - + = , (no slashes), not starting with a dot "
+                             "or a space")
+        return name
 
     @model_validator(mode="after")
     def _cross(self) -> Scenario:

@@ -248,6 +248,14 @@ def test_check_vector_accepts_good_vectors() -> None:
     assert check_vector("p", None, 2) is None  # STOP
 
 
+def test_check_vector_names_the_method_and_the_file() -> None:
+    from fleetsim.policies.base import check_vector
+
+    with pytest.raises(UserError, match=r"policy 'p' \(class defined in mine.py\): "
+                       r"assign\(\).submodel returned"):
+        check_vector("p", (2.0,), 1, "assign().submodel", defined_in="mine.py")
+
+
 def _engine_checks_vectors() -> bool:
     from fleetsim import engine
 
@@ -445,3 +453,79 @@ def test_out_checks_let_good_paths_through(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         check_output_file(tmp_path / "a" / "b.h5", "-o", make_parents=False)
     assert [p.name for p in tmp_path.iterdir()] == ["old.h5"]  # no probe file left behind
+
+
+# ----------------------------------------------------------------------------- more of the kind
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere", "a/b", "", ".hidden"])
+def test_scenario_name_is_a_folder_name(tiny_yaml: Path, capsys: pytest.CaptureFixture[str],
+                                        name: str) -> None:
+    # the name is the default output folder: runs/<name>/seed-<k>
+    code, err = run_cli(capsys, "run", str(tiny_yaml), "--set", f"name={name}", *TIMING)
+    check_error(code, err, str(tiny_yaml), "at 'name'", "no slashes")
+
+
+def test_dse_grid_needs_two_different_rates(tiny_yaml: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(capsys, "run", str(tiny_yaml), "--set", "dse.grid=[0.5, 0.5]", *TIMING)
+    check_error(code, err, "at 'dse.grid'", "two different")
+
+
+@pytest.mark.parametrize("target", ["0", "1.5", "nan", "-0.2"])
+def test_report_target_accuracy_range(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      target: str) -> None:
+    code, err = run_cli(capsys, "report", str(tmp_path), "--target-accuracy", target)
+    check_error(code, err, "--target-accuracy", "(0, 1]")
+
+
+@pytest.mark.usefixtures("no_simulation")
+def test_dse_out_must_not_be_the_plot(tiny_yaml: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(capsys, "dse", str(tiny_yaml), "--out", str(tmp_path / "f.png"))
+    check_error(code, err, "--out", "f.png", ".png", "overwrite")
+
+
+@pytest.mark.usefixtures("no_simulation")
+def test_dse_cache_dir_is_checked_before_the_search(tiny_yaml: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "plain").write_text("x")
+    code, err = run_cli(capsys, "dse", str(tiny_yaml), "--out", str(tmp_path / "f.h5"),
+                        "--set", f"dse.cache_dir={tmp_path / 'plain'}")
+    check_error(code, err, str(tiny_yaml), "dse.cache_dir", "is a file")
+
+
+def test_run_checks_the_dse_cache_before_searching_a_front(
+        tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import fleetsim.dse
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the search started before the cache folder was checked")
+
+    monkeypatch.setattr(fleetsim.dse, "front_for", boom)
+    (tmp_path / "plain").write_text("x")
+    code, err = run_cli(capsys, "run", str(tiny_yaml), "--set", "policy.name=distreal",
+                        "--set", f"dse.cache_dir={tmp_path / 'plain' / 'cache'}",
+                        "--out", str(tmp_path / "o"), *TIMING)
+    check_error(code, err, str(tiny_yaml), "dse.cache_dir", "is a file")
+
+
+def test_profile_rejects_bad_counts_and_shapes(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "c.json")
+    code, err = run_cli(capsys, "profile", "--model", "mlp", "--classes", "0", "--out", out)
+    check_error(code, err, "--classes", ">= 1")
+    code, err = run_cli(capsys, "profile", "--model", "mlp", "--input-shape", "1,0,8",
+                        "--out", out)
+    check_error(code, err, "--input-shape", "positive")
+    code, err = run_cli(capsys, "profile", "--model", "cnn4", "--input-shape", "64",
+                        "--out", out)
+    check_error(code, err, "--input-shape", "cnn4", "image")
+
+
+def test_long_paths_are_not_broken_in_messages(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    deep = tmp_path / ("a-long-folder-name-with-hyphens-" * 4) / "none.yaml"
+    code, err = run_cli(capsys, "run", str(deep))
+    assert code == 2 and str(deep) in err  # on one line, whole: it can be copied

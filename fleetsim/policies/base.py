@@ -171,7 +171,7 @@ POLICIES: Registry[type[Policy]] = Registry("policy")
 
 
 def check_vector(policy_name: str, vector: Sequence[float] | None, n_groups: int,
-                 where: str = "decide()") -> Vector | None:
+                 where: str = "decide()", *, defined_in: str | None = None) -> Vector | None:
     """A policy's dropout vector, checked: ``n_groups`` finite rates in [0, 1).
 
     A policy is user code, and the layers below it would quietly make any vector fit:
@@ -185,6 +185,7 @@ def check_vector(policy_name: str, vector: Sequence[float] | None, n_groups: int
     vector : what the policy returned (None: stop, or the full model for a sub-model)
     n_groups : the model's droppable groups
     where : which method returned it (``decide()`` or ``assign().submodel``)
+    defined_in : the file of the policy's class, for the message (a plugin's, say)
 
     Returns
     -------
@@ -197,11 +198,13 @@ def check_vector(policy_name: str, vector: Sequence[float] | None, n_groups: int
     if vector is None:
         return None
 
+    origin = f" (class defined in {defined_in})" if defined_in else ""
+
     def bad(problem: str) -> UserError:
         return UserError(
-            f"policy '{policy_name}': {where} returned the dropout vector {vector!r}, which "
-            f"{problem}. Allowed: None (stop, or the full model) or a sequence of "
-            f"{n_groups} dropout rate{'s' if n_groups != 1 else ''}, one per droppable "
+            f"policy '{policy_name}'{origin}: {where} returned the dropout vector "
+            f"{vector!r}, which {problem}. Allowed: None (stop, or the full model) or a "
+            f"sequence of {n_groups} dropout rate{'s' if n_groups != 1 else ''}, one per droppable "
             f"layer group, each a number in [0, 1) (0 keeps every channel).")
 
     try:
