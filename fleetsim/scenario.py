@@ -302,7 +302,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise UserError(f"command line: --set {item!r} is not of the form key.path=value. "
                             "Allowed: e.g. --set training.rounds=5 --set policy.name=distreal.")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key.strip()] = _parse_yaml(raw) if raw.strip() else ""
+        except _DuplicateKey as d:
+            raise UserError(f"command line: --set {item!r}: the key '{d.path}' is given twice "
+                            "in the value. Allowed: each key once per mapping.") from None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
@@ -524,37 +527,71 @@ def _read_scenario_file(p: Path, source: str) -> str:
                         f"{_SCENARIO_EXAMPLE} (UTF-8 text).") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e7`` as a number.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e7``), so ``1e7`` and
+    ``--set x=1e-3`` were strings: fine for the scenario's own float keys (pydantic parses
+    them), but not for component options with their own types, and wrong as data. YAML 1.2
+    and every other parser read them as floats; so does this one.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, path: str, first: int, again: int) -> None:
+        super().__init__(path)
+        self.path, self.first, self.again = path, first, again
+
+
+def _parse_yaml(text: str) -> Any:
+    """One YAML document (None if there is none); raises :class:`_DuplicateKey` or
+    ``yaml.YAMLError``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(loader, node, (), set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_yaml(text: str, source: str) -> Any:
     """Parse one YAML document; a key given twice in one mapping is an error.
 
     PyYAML keeps the last of duplicate keys without a word, so ``rounds: 5`` followed
     later by ``rounds: 50`` would run 50 rounds: the document is composed first, every
     mapping is checked for repeated keys (with the key path and both lines), and only
-    then is it constructed.
+    then is it constructed. ``1e7`` is a number (see :class:`_Loader`).
 
     Returns
     -------
     The document (None when the text holds no document or only null).
     """
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_duplicate_keys(loader, node, (), source, set())
-        return loader.construct_document(node)
+        return _parse_yaml(text)
+    except _DuplicateKey as d:
+        raise UserError(
+            f"{source}: at '{d.path}': the key is given twice in the same mapping (line "
+            f"{d.first} and line {d.again}); YAML would silently keep the last. Allowed: each "
+            "key once per mapping (delete one of them).") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise UserError(f"{source}: the file is not valid YAML{line}: "
                         f"{getattr(exc, 'problem', None) or exc}. Allowed: a YAML mapping of "
                         "the scenario sections.") from None
-    finally:
-        loader.dispose()
 
 
 def _check_duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node,
-                          loc: tuple[str | int, ...], source: str, active: set[int]) -> None:
+                          loc: tuple[str | int, ...], active: set[int]) -> None:
     if id(node) in active:  # an alias that refers to its own ancestor: seen already
         return
     active.add(id(node))
@@ -562,24 +599,20 @@ def _check_duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node,
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' merges, on purpose
-                _check_duplicate_keys(loader, value_node, loc, source, active)
+                _check_duplicate_keys(loader, value_node, loc, active)
                 continue
             line = key_node.start_mark.line + 1
             if isinstance(key_node, yaml.ScalarNode):
                 key = loader.construct_object(key_node)  # 'a' and "a" are the same key
                 if key in seen:
-                    path = _loc_text((*loc, str(key)))
-                    raise UserError(
-                        f"{source}: at '{path}': the key is given twice in the same mapping "
-                        f"(line {seen[key]} and line {line}); YAML would silently keep the "
-                        "last. Allowed: each key once per mapping (delete one of them).")
+                    raise _DuplicateKey(_loc_text((*loc, str(key))), seen[key], line)
                 seen[key] = line
             else:  # a complex key (a list or mapping): the schema rejects it anyway
                 key = f"<key at line {line}>"
-            _check_duplicate_keys(loader, value_node, (*loc, str(key)), source, active)
+            _check_duplicate_keys(loader, value_node, (*loc, str(key)), active)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _check_duplicate_keys(loader, item, (*loc, i), source, active)
+            _check_duplicate_keys(loader, item, (*loc, i), active)
     active.discard(id(node))
 
 

@@ -6,11 +6,11 @@ key path and what is allowed, exit status 2 and no traceback.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,23 @@ from tests.conftest import TINY
 from tests.test_scenario_errors import check_error, run_cli
 
 TIMING = ["--set", "training.mode=timing", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_registries() -> Iterator[None]:
+    """Plugins register components for the whole process: forget them after each test,
+    so that they do not show up elsewhere (in `fleetsim schema`, say)."""
+    from fleetsim import scenario
+    from fleetsim.components import registries
+
+    saved = {kind: dict(reg._items) for kind, reg in registries().items()}
+    loaded = dict(scenario._LOADED_PLUGINS)
+    yield
+    for kind, reg in registries().items():
+        reg._items.clear()
+        reg._items.update(saved[kind])
+    scenario._LOADED_PLUGINS.clear()
+    scenario._LOADED_PLUGINS.update(loaded)
 
 
 def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
@@ -256,14 +273,6 @@ def test_check_vector_names_the_method_and_the_file() -> None:
         check_vector("p", (2.0,), 1, "assign().submodel", defined_in="mine.py")
 
 
-def _engine_checks_vectors() -> bool:
-    from fleetsim import engine
-
-    return "check_vector" in inspect.getsource(engine)
-
-
-@pytest.mark.skipif(not _engine_checks_vectors(),
-                    reason="the engine does not call policies.base.check_vector yet")
 @pytest.mark.parametrize(("vector", "tag"), [("(1.0,)", "one"), ("(-0.5,)", "neg"),
                                              ("(0.1, 0.2)", "long"),
                                              ("(float('nan'),)", "nan")])
@@ -275,6 +284,23 @@ def test_plugin_policy_with_a_bad_vector_end_to_end(tmp_path: Path,
                         f"bad_{tag}.py", policy=name)
     code, err = run_cli(capsys, "run", str(p), *TIMING)
     check_error(code, err, name, "dropout vector")
+
+
+BAD_SUBMODEL = """
+from fleetsim.policies import POLICIES, Assignment, Policy
+
+@POLICIES.register("bad-submodel")
+class BadSubmodel(Policy):
+    def assign(self, round, device, device_class, rng):
+        return Assignment(submodel=(1.2,))
+"""
+
+
+def test_plugin_policy_with_a_bad_submodel_end_to_end(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    p = plugin_scenario(tmp_path, BAD_SUBMODEL, "bad_submodel.py", policy="bad-submodel")
+    code, err = run_cli(capsys, "run", str(p), *TIMING)
+    check_error(code, err, "bad-submodel", "assign().submodel", "(1.2,)", "[0, 1)")
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -529,3 +555,22 @@ def test_long_paths_are_not_broken_in_messages(tmp_path: Path,
     deep = tmp_path / ("a-long-folder-name-with-hyphens-" * 4) / "none.yaml"
     code, err = run_cli(capsys, "run", str(deep))
     assert code == 2 and str(deep) in err  # on one line, whole: it can be copied
+
+
+def test_exponent_without_a_dot_is_a_number(tiny_yaml: Path, tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads 1e3 as a string, which component options then rejected."""
+    from fleetsim.scenario import load_scenario, parse_overrides
+
+    assert parse_overrides(["a=1e3", "b=-2.5E-2", "c=7", "d='1e3'"]) == \
+        {"a": 1000.0, "b": -0.025, "c": 7, "d": "1e3"}
+    sc = load_scenario(tiny_yaml, ["fleet.traces.options.mean_dwell_s=3e1"])
+    assert sc.fleet.traces.options["mean_dwell_s"] == 30.0
+    assert main(["run", str(tiny_yaml), "--out", str(tmp_path / "o"), "--set",
+                 "fleet.traces.options.mean_dwell_s=3e1", "--set", "training.rounds=1",
+                 *TIMING]) == 0
+
+
+def test_duplicate_key_in_a_set_value(tiny_yaml: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(capsys, "run", str(tiny_yaml), "--set",
+                        "model.options={hidden: [8], hidden: [16]}", *TIMING)
+    check_error(code, err, "command line", "--set", "'hidden'", "twice")
