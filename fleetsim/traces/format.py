@@ -16,6 +16,7 @@ File attributes: ``format``, ``version``, ``n_devices``, ``horizon_s``, ``period
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +182,12 @@ def _bad(path: Path, key: str, problem: str, allowed: str) -> UserError:
 
 
 def open_trace_file(path: str | os.PathLike[str], *, source: str | None = None,
-                    key_path: str = "fleet.traces.file") -> h5py.File:
-    """Open a trace file, turning a missing or unreadable file into a :class:`UserError`."""
+                    key_path: str = "fleetsim.traces.file") -> h5py.File:
+    """Open a trace file and check what every reader relies on, turning any fault into a
+    :class:`UserError`: the file, its ``format`` and ``version``, the header attributes
+    (:func:`read_header`), the six datasets, equal lengths of ``t`` and ``value``, and the
+    CSR ``offsets``. The breakpoints themselves are checked by :func:`validate_signal`.
+    """
     path = Path(path)
     where = f"{source}: at '{key_path}': " if source else ""
     if not path.exists():
@@ -194,30 +199,90 @@ def open_trace_file(path: str | os.PathLike[str], *, source: str | None = None,
         raise UserError(f"{where}trace file {path} cannot be read as HDF5 ({exc}). Allowed: an "
                         "HDF5 trace file written by 'fleetsim traces generate' or 'traces import'."
                         ) from None
-    if f.attrs.get("format") != FORMAT_NAME:
+    try:
+        _check_file(path, f, where)
+    except Exception:
         f.close()
-        raise UserError(f"{where}{path} is not a fleetsim trace file (attribute 'format' is "
-                        f"{f.attrs.get('format')!r}). Allowed: format '{FORMAT_NAME}'.")
-    for name in SIGNALS:
-        for ds in ("t", "value", "offsets"):
-            if f"{name}/{ds}" not in f:
-                f.close()
-                raise _bad(path, f"{name}/{ds}", "dataset missing",
-                           "a file with t, value and offsets for availability and online")
+        raise
     return f
 
 
+def _check_file(path: Path, f: h5py.File, where: str) -> None:
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT_NAME:
+        raise UserError(f"{where}{path} is not a fleetsim trace file (attribute 'format' is "
+                        f"{fmt!r}). Allowed: format '{FORMAT_NAME}'.")
+    version = f.attrs.get("version")
+    if version is None:
+        raise _bad(path, "version", "attribute missing", f"version {FORMAT_VERSION}")
+    if not (isinstance(version, int | np.integer) and 1 <= version <= FORMAT_VERSION):
+        shown = int(version) if isinstance(version, np.integer) else version
+        raise _bad(path, "version", f"version {shown!r} is not one this fleetsim reads "
+                   "(a newer fleetsim may have written it)",
+                   " to ".join(dict.fromkeys(f"version {v}" for v in (1, FORMAT_VERSION))))
+    n = read_header(f)[0]
+    for name in SIGNALS:
+        for ds in ("t", "value", "offsets"):
+            if f"{name}/{ds}" not in f:
+                raise _bad(path, f"{name}/{ds}", "dataset missing",
+                           "a file with t, value and offsets for availability and online")
+        n_t, n_v = f[f"{name}/t"].shape[0], f[f"{name}/value"].shape[0]
+        if n_t != n_v:
+            raise _bad(path, name, f"t and value differ in length ({n_t} and {n_v})",
+                       "equal lengths")
+        check_offsets(path, name, f[f"{name}/offsets"][:].astype(np.int64), n, n_t)
+
+
+def check_offsets(path: Path, name: str, off: np.ndarray, n_devices: int,
+                  n_breakpoints: int) -> None:
+    """The CSR offsets of a whole signal: ``n_devices + 1`` of them, from 0 to the number
+    of breakpoints, every device with at least one breakpoint."""
+    if len(off) != n_devices + 1:
+        raise _bad(path, f"{name}/offsets", f"{len(off)} offsets for {n_devices} devices "
+                   "(attribute n_devices)", "n_devices + 1 offsets")
+    if off[0] != 0 or off[-1] != n_breakpoints or np.any(np.diff(off) < 1):
+        raise _bad(path, f"{name}/offsets", f"offsets must start at 0, end at the number of "
+                   f"breakpoints ({n_breakpoints}) and give every device at least one "
+                   "breakpoint", "increasing CSR offsets of length n_devices+1")
+
+
 def read_header(f: h5py.File) -> tuple[int, float, float | None, dict[str, Any]]:
-    n = int(f.attrs["n_devices"])
-    horizon_s = float(f.attrs["horizon_s"])
-    period = float(f.attrs.get("period_s", 0.0))
+    """``(n_devices, horizon_s, period_s or None, meta)``; a :class:`UserError` naming the
+    attribute when one is missing or out of range."""
+    path = Path(f.filename)
+    for key in ("n_devices", "horizon_s"):
+        if key not in f.attrs:
+            raise _bad(path, key, "attribute missing", "the header written by fleetsim")
+    try:
+        n = int(f.attrs["n_devices"])
+        horizon_s = float(f.attrs["horizon_s"])
+        period = float(f.attrs.get("period_s", 0.0))
+    except (TypeError, ValueError) as exc:
+        raise _bad(path, "n_devices', 'horizon_s' or 'period_s", f"not a number ({exc})",
+                   "numbers") from None
+    if n < 0:
+        raise _bad(path, "n_devices", f"{n} devices", "a count >= 0")
+    if not (horizon_s > 0 and math.isfinite(horizon_s)):
+        raise _bad(path, "horizon_s", f"{horizon_s!r} s", "a positive finite time span")
+    if not (period >= 0 and math.isfinite(period)):
+        raise _bad(path, "period_s", f"{period!r} s", "a positive finite period, or 0 for "
+                   "none")
     meta: dict[str, Any] = {
         "generator": str(f.attrs.get("generator", "")),
         "source": str(f.attrs.get("source", "")),
         "seed": int(f.attrs.get("seed", -1)),
-        "params": json.loads(f.attrs.get("params", "{}")),
     }
-    meta.update(json.loads(f.attrs.get("extra", "{}")))
+    for key, default in (("params", "{}"), ("extra", "{}")):
+        try:
+            value = json.loads(f.attrs.get(key, default))
+        except (TypeError, ValueError) as exc:
+            raise _bad(path, key, f"not valid JSON ({exc})", "a JSON object") from None
+        if not isinstance(value, dict):
+            raise _bad(path, key, f"a JSON {type(value).__name__}", "a JSON object")
+        if key == "params":
+            meta["params"] = value
+        else:
+            meta.update(value)
     return n, horizon_s, (period if period > 0 else None), meta
 
 
@@ -269,15 +334,12 @@ def read_traces(path: str | os.PathLike[str], *, source: str | None = None,
     """Read and validate a whole trace file into memory."""
     path = Path(path)
     with open_trace_file(path, source=source, key_path=key_path) as f:
-        n, horizon_s, period_s, meta = read_header(f)
+        _, horizon_s, period_s, meta = read_header(f)
         sigs = {}
         for name in SIGNALS:
             t = f[f"{name}/t"][:]
             v = f[f"{name}/value"][:]
-            off = f[f"{name}/offsets"][:].astype(np.int64)
-            if len(off) != n + 1:
-                raise _bad(path, f"{name}/offsets", f"{len(off)} offsets for {n} devices",
-                           "n_devices + 1 offsets")
+            off = f[f"{name}/offsets"][:].astype(np.int64)  # checked on opening
             validate_signal(path, name, t, v, off, period_s)
             sigs[name] = Signal(t=t, value=v, offsets=off)
     return TraceSet(availability=sigs["availability"], online=sigs["online"],

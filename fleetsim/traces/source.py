@@ -16,7 +16,6 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from fleetsim.errors import UserError
 from fleetsim.rng import stream
 from fleetsim.traces.device import DeviceTrace, OnlineSignal
 from fleetsim.traces.format import (
@@ -29,13 +28,6 @@ from fleetsim.traces.format import (
     validate_signal,
 )
 from fleetsim.traces.generators import GENERATORS, DeviceSignals, TraceGenerator
-
-
-def _offsets_error(path: Path, name: str, got: int, n: int) -> UserError:
-    return UserError(f"trace file {path}: at '{name}/offsets': {got} offsets do not match "
-                     f"{n} devices and the number of breakpoints. Allowed: n_devices + 1 "
-                     "offsets ending at the length of t.")
-
 
 #: Default bounds of the trace cache: at most this many devices and this many bytes of
 #: breakpoints. A one-week Markov trace with 10-minute dwells takes ~26 KB, so 4096 of them
@@ -169,18 +161,13 @@ class FileTraces(TraceSource):
         self.n_devices = n
         self._offsets = {}
         for name in SIGNALS:
+            # lengths and offsets were checked on opening, for the whole file at once
             off = self._f[f"{name}/offsets"][:].astype(np.int64)
-            if len(off) != n + 1:
-                self._f.close()
-                raise _offsets_error(self.path, name, len(off), n)
             self._offsets[name] = off
             self._validate(name, off, validate_chunk)
 
     def _validate(self, name: str, off: np.ndarray, chunk: int) -> None:
         t_ds, v_ds = self._f[f"{name}/t"], self._f[f"{name}/value"]
-        if off[-1] != t_ds.shape[0]:
-            self._f.close()
-            raise _offsets_error(self.path, name, len(off), self.n_devices)
         d = 0
         while d < self.n_devices:
             # as many whole devices as fit in one chunk of breakpoints (at least one)
