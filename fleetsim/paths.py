@@ -19,7 +19,7 @@ from fleetsim.errors import UserError
 
 def _nearest_existing(p: Path) -> Path:
     for anc in (p, *p.parents):
-        if anc.exists():
+        if anc.exists() or anc.is_symlink():  # a dangling link is in the way too
             return anc
     return Path(p.anchor or ".")
 
@@ -51,8 +51,9 @@ def _check_folder_chain(p: Path, shown: str, option: str, allowed: str, source: 
     """The folder ``p`` exists and is writable, or can be made (``make_parents``)."""
     anc = _nearest_existing(p)
     if not anc.is_dir():
-        problem = "is a file, not a folder" if anc == p else \
-            f"{anc} is a file, so nothing can be made under it"
+        what = "a link to nothing" if anc.is_symlink() and not anc.exists() else "a file"
+        problem = f"is {what}, not a folder" if anc == p else \
+            f"{anc} is {what}, so nothing can be made under it"
         raise _error(option, shown, problem, allowed, source)
     if not _writable(anc):
         raise _error(option, shown, f"{anc} is not writable (no new files can be made "
@@ -119,6 +120,8 @@ def check_output_file(path: str | os.PathLike[str], option: str = "-o", *,
                           ", and that you may write to")
     if p.is_dir():
         raise _error(option, p, "is a folder, not a file", allowed, source)
+    if p.is_symlink() and not p.exists():
+        raise _error(option, p, "is a link to nothing", allowed, source)
     # writers replace the file atomically (a temporary file renamed over it), so what
     # counts is the folder, not the old file's own permissions
     _check_folder_chain(p.parent if str(p.parent) else Path("."), str(p), option, allowed,

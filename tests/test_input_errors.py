@@ -574,3 +574,15 @@ def test_duplicate_key_in_a_set_value(tiny_yaml: Path, capsys: pytest.CaptureFix
     code, err = run_cli(capsys, "run", str(tiny_yaml), "--set",
                         "model.options={hidden: [8], hidden: [16]}", *TIMING)
     check_error(code, err, "command line", "--set", "'hidden'", "twice")
+
+
+def test_out_is_a_dangling_link(tmp_path: Path) -> None:
+    from fleetsim.paths import check_output_dir, check_output_file
+
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match="is a link to nothing"):
+        check_output_dir(tmp_path / "link", "--out")
+    with pytest.raises(UserError, match="is a link to nothing"):
+        check_output_dir(tmp_path / "link" / "sub", "--out")
+    with pytest.raises(UserError, match="is a link to nothing"):
+        check_output_file(tmp_path / "link", "-o")
