@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from fleetsim.registry import Registry
+from fleetsim.traces.period import split_period_array
 
 DAY_S = 86400.0
 
@@ -343,8 +344,7 @@ def intervals_signal(starts: np.ndarray, lengths: np.ndarray,
     Returns breakpoints (starting at 0, strictly increasing, below ``period_s``) and values.
     """
     p = float(period_s)
-    s = np.mod(np.asarray(starts, np.float64), p)
-    s = np.where(s >= p, 0.0, s)  # fmod rounding can land on p itself
+    _, s = split_period_array(starts, p)
     n = np.asarray(lengths, np.float64)
     if np.any(n >= p):
         return np.zeros(1), np.ones(1, np.uint8)

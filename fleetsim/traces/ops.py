@@ -19,6 +19,7 @@ import numpy as np
 from fleetsim.errors import UserError
 from fleetsim.traces.format import SIGNALS, Signal, TraceSet, TraceWriter, open_trace_file
 from fleetsim.traces.format import read_header as _read_header
+from fleetsim.traces.period import split_period
 
 
 def window(t: np.ndarray, v: np.ndarray, start_s: float, end_s: float,
@@ -26,18 +27,24 @@ def window(t: np.ndarray, v: np.ndarray, start_s: float, end_s: float,
     """One device's signal on ``[start_s, end_s)``, shifted to start at 0.
 
     A periodic signal is unrolled over as many periods as the window spans. Breakpoints
-    that repeat the previous value are dropped.
+    that repeat the previous value are dropped, and so is one whose shifted time rounds
+    to the window's length (the format allows no breakpoint at the period itself).
     """
     if period_s is not None:
-        k0 = math.floor(start_s / period_s)
-        k1 = max(math.ceil(end_s / period_s), k0 + 1)
-        ks = np.arange(k0, k1, dtype=np.float64)
+        # the exact split: floor(start / period) is one too many just below a period
+        # start that binary floating point cannot place (1000.1 * 5), which read the
+        # window's first value from the wrong period
+        k0 = split_period(start_s, period_s)[0]
+        k1 = split_period(end_s, period_s)[0] + 1  # the period holding end_s, inclusive
+        ks = np.arange(k0, max(k1, k0 + 1), dtype=np.float64)
         t = (t[None, :] + ks[:, None] * period_s).ravel()
         v = np.tile(v, len(ks))
     first = max(int(np.searchsorted(t, start_s, side="right")) - 1, 0)
     inner = (t > start_s) & (t < end_s)
-    nt = np.concatenate([[0.0], t[inner] - start_s])
-    nv = np.concatenate([v[first:first + 1], v[inner]])
+    shifted = t[inner] - start_s
+    inside = shifted < end_s - start_s
+    nt = np.concatenate([[0.0], shifted[inside]])
+    nv = np.concatenate([v[first:first + 1], v[inner][inside]])
     # shifting can round two close times (or one onto 0) to one value: the later one wins
     last = np.append(nt[1:] != nt[:-1], True)
     nt, nv = nt[last], nv[last]

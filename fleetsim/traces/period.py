@@ -44,7 +44,14 @@ def split_period_array(t: np.ndarray, period_s: float | np.ndarray
     """:func:`split_period` for arrays: the same algorithm, so the same bits per element.
 
     ``period_s`` may be an array of per-query periods (broadcast against ``t``); times
-    and periods must be finite, times >= 0 and periods > 0.
+    and periods must be finite, periods > 0. Negative times are allowed here (a daily
+    window that opened before 0): their offset ``fmod + period`` is rounded, and one that
+    rounds up to the period itself is taken as offset 0 of the next period, so that
+    ``0 <= r < period`` still holds.
     """
     q, r = np.divmod(np.asarray(t, np.float64), period_s)
+    wrap = r >= period_s  # only for t < 0
+    if wrap.any():
+        q = np.where(wrap, q + 1.0, q)
+        r = np.where(wrap, 0.0, r)
     return q, r

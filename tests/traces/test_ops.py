@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import h5py
@@ -84,3 +85,37 @@ def test_merge_concatenates_and_keeps_ids(tmp_path: Path, write_trace_file) -> N
     c = write_trace_file("c.h5", make_traces([([0.0], [1.0])], period_s=20.0, horizon_s=20.0))
     with pytest.raises(UserError, match=r"c\.h5: horizon 20 s and period 20 s differ"):
         merge_files([pa, c], tmp_path / "bad.h5")
+
+
+def test_slice_never_writes_a_breakpoint_at_its_own_period(tmp_path: Path) -> None:
+    # t < end, but t - start rounds to end - start: that breakpoint would sit at the new
+    # period, which the format forbids (the slice could not be read back)
+    a, b = 4.94985935449932, 13.09476018150913
+    t_last = 13.094760181509129
+    assert t_last < b and t_last - a == b - a
+    src = tmp_path / "src.h5"
+    from fleetsim.traces import write_traces
+    write_traces(src, make_traces([([0.0, 1.0, t_last], [1.0, 0.5, 0.25])],
+                                  period_s=100.0, horizon_s=100.0))
+    out = tmp_path / "cut.h5"
+    slice_file(src, out, start_s=a, end_s=b)
+    back = read_traces(out)  # validates
+    assert back.period_s == b - a
+    assert back.availability.t.tolist() == [0.0] and back.availability.value.tolist() == [0.5]
+
+
+def test_window_places_period_starts_exactly() -> None:
+    # 129012.9 is the float just below 129 * 1000.1 (129012.90000000001), yet 129012.9 /
+    # 1000.1 rounds to 129: floor() put the window's start in period 129 and read its
+    # first value, though the start lies in period 128's last segment
+    p, start = 1000.1, 129012.9
+    assert start < 129 * p and math.floor(start / p) == 129
+    t, v = window(np.array([0.0, 500.0]), np.array([1.0, 0.25]), start, start + 100.0, p)
+    assert v.tolist() == [0.25, 1.0]
+    assert t[0] == 0.0 and t[1] == 129 * p - start
+    # and a window ending just past a period start sees that period, though
+    # 65006.50000000001 / 1000.1 rounds to 65 and ceil() stopped one period short
+    end = 65006.50000000001
+    assert end > 65 * p and math.ceil(end / p) == 65
+    t, v = window(np.array([0.0, 500.0]), np.array([1.0, 0.25]), 64900.0, end, p)
+    assert v.tolist() == [0.25, 1.0] and t[1] == 65 * p - 64900.0

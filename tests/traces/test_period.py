@@ -52,3 +52,14 @@ def test_split_with_per_query_periods() -> None:
     assert q.tolist() == [2.0, 1.0, 2.0]
     assert r[:2].tolist() == [1.0, 0.0]
     assert 0.0 <= r[2] < 0.1  # 0.3 is just below 3 * 0.1 in binary
+
+
+def test_negative_times_in_the_array_helper_stay_in_range() -> None:
+    p = 1000.1
+    q, r = split_period_array(np.array([-1e-20, -0.5, -p, -3 * p - 7.0]), p)
+    assert np.all((r >= 0) & (r < p))
+    # -1e-20 is p - 1e-20 into period -1, which rounds to p: taken as 0 of period 0
+    assert (q[0], r[0]) == (0.0, 0.0)
+    assert q[1] == -1.0 and r[1] == pytest.approx(p - 0.5)
+    assert (q[2], r[2]) == (-1.0, 0.0)
+    assert q[3] == -4.0 and r[3] == pytest.approx(p - 7.0)
