@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -202,9 +203,9 @@ def cmd_traces_generate(args: argparse.Namespace) -> int:
     from fleetsim.traces.source import GeneratedTraces
 
     check_output_file(args.out, "-o", make_parents=False)
-    if args.devices < 1 or args.horizon_s <= 0:
-        raise UserError("command line: --devices must be >= 1 and --horizon-s > 0. Allowed: "
-                        "e.g. --devices 1000 --horizon-s 604800.")
+    if args.devices < 1 or not 0 < args.horizon_s < math.inf:  # NaN fails this too
+        raise UserError("command line: --devices must be >= 1 and --horizon-s finite and > 0. "
+                        "Allowed: e.g. --devices 1000 --horizon-s 604800.")
     cls = GENERATORS.get(args.kind, source="command line", key_path="--kind")
     opts = check_options(cls.Options, parse_overrides(args.param), "command line", "--param",
                          f"trace generator '{args.kind}'")
@@ -265,9 +266,6 @@ def cmd_traces_import_csv(args: argparse.Namespace) -> int:
     from fleetsim.traces.importers import import_csv, write_with_ids
 
     check_output_file(args.out, "-o", make_parents=False)
-    if args.period_s is not None and args.period_s <= 0:
-        raise UserError(f"command line: --period-s {args.period_s} is not allowed. Allowed: "
-                        "positive seconds.")
     ts, ids = import_csv(args.file, args.period_s, args.horizon_s)
     write_with_ids(args.out, ts, ids)
     print(f"wrote {args.out}: {ts.n_devices} devices, horizon {ts.horizon_s:g} s")

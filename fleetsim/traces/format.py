@@ -177,8 +177,10 @@ class TraceWriter:
 # ----------------------------------------------------------------------------- reading
 
 
-def _bad(path: Path, key: str, problem: str, allowed: str) -> UserError:
-    return UserError(f"trace file {path}: at '{key}': {problem}. Allowed: {allowed}.")
+def _bad(path: Path | str, key: str, problem: str, allowed: str) -> UserError:
+    """The one-paragraph error; ``path`` is a file, or a text naming another origin."""
+    origin = f"trace file {path}" if isinstance(path, Path) else path
+    return UserError(f"{origin}: at '{key}': {problem}. Allowed: {allowed}.")
 
 
 def open_trace_file(path: str | os.PathLike[str], *, source: str | None = None,
@@ -260,8 +262,8 @@ def read_header(f: h5py.File) -> tuple[int, float, float | None, dict[str, Any]]
     except (TypeError, ValueError) as exc:
         raise _bad(path, "n_devices', 'horizon_s' or 'period_s", f"not a number ({exc})",
                    "numbers") from None
-    if n < 0:
-        raise _bad(path, "n_devices", f"{n} devices", "a count >= 0")
+    if n < 1:
+        raise _bad(path, "n_devices", f"{n} devices", "a count >= 1")
     if not (horizon_s > 0 and math.isfinite(horizon_s)):
         raise _bad(path, "horizon_s", f"{horizon_s!r} s", "a positive finite time span")
     if not (period >= 0 and math.isfinite(period)):
@@ -286,11 +288,12 @@ def read_header(f: h5py.File) -> tuple[int, float, float | None, dict[str, Any]]
     return n, horizon_s, (period if period > 0 else None), meta
 
 
-def validate_signal(path: Path, name: str, t: np.ndarray, value: np.ndarray,
+def validate_signal(path: Path | str, name: str, t: np.ndarray, value: np.ndarray,
                     offsets: np.ndarray, period_s: float | None, *,
                     first_device: int = 0) -> None:
     """Check one signal, or a run of its devices; raise :class:`UserError` naming the fault.
 
+    ``path`` is the file, or a text naming where the signal came from (a generator).
     ``offsets`` must start at 0 for the run given; ``first_device`` is the index in the file
     of its first device, so that messages name true device numbers.
     """

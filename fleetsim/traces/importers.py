@@ -117,9 +117,12 @@ def capacity_classes(path: str | os.PathLike[str], n_classes: int = 4,
     ``speed_spread`` the sd of their log speeds (the log-normal spread fleetsim applies),
     ``uplink_mbps`` the median bandwidth, ``share`` the class's share of clients.
     """
-    if n_classes < 1 or ref_macs_per_sample <= 0 or down_up_ratio <= 0 or latency_s < 0:
+    finite = all(math.isfinite(x) for x in (ref_macs_per_sample, down_up_ratio, latency_s))
+    if not (finite and n_classes >= 1 and ref_macs_per_sample > 0 and down_up_ratio > 0
+            and latency_s >= 0):
         raise UserError("command line: --classes must be >= 1, --ref-macs-per-sample and "
-                        "--down-up-ratio > 0, --latency-s >= 0. Allowed: e.g. --classes 4.")
+                        "--down-up-ratio finite and > 0, --latency-s finite and >= 0. Allowed: "
+                        "e.g. --classes 4.")
     data = _load_pickle(path, "client_device_capacity")
     comp, comm = [], []
     skipped = 0
@@ -401,6 +404,14 @@ def import_csv(path: str | os.PathLike[str], period_s: float | None = None,
     Any violation is a :class:`UserError` naming the file and the line.
     """
     p = Path(path)
+    for flag, x in (("--period-s", period_s), ("--horizon-s", horizon_s)):
+        if x is not None and not (x > 0 and math.isfinite(x)):
+            raise UserError(f"command line: {flag} {x:g} is not allowed. Allowed: positive "
+                            "finite seconds.")
+    if period_s is not None and horizon_s is not None and horizon_s != period_s:
+        raise UserError(f"command line: --horizon-s {horizon_s:g} differs from --period-s "
+                        f"{period_s:g}; a periodic trace's horizon is its period. Allowed: "
+                        "--period-s alone, or --horizon-s alone (no repetition).")
     if not p.is_file():
         raise UserError(f"{p}: the file does not exist. Allowed: a CSV file with the header "
                         "device,t_s,availability[,online].")

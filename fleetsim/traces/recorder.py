@@ -48,8 +48,15 @@ def record(interval_s: float = 1.0, duration_s: float = 600.0,
     n = max(math.ceil(duration_s / interval_s - 1e-9), 1)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     values = np.empty(n)
+    clipped = 0
     for k in range(n):
-        values[k] = min(max(1.0 - sampler(interval_s), 0.0), 1.0)
+        busy = float(sampler(interval_s))
+        if not math.isfinite(busy):
+            raise UserError(f"recording: sample {k + 1} of {n} gave busy share {busy!r}. "
+                            "Allowed: a finite share of the CPUs in [0, 1].")
+        # a sampler may overshoot [0, 1] by a little (rounding in psutil): clip, and count
+        clipped += not 0.0 <= busy <= 1.0
+        values[k] = min(max(1.0 - busy, 0.0), 1.0)
         if on_sample is not None:
             on_sample(k, n, float(values[k]))
     horizon = n * interval_s
@@ -59,6 +66,7 @@ def record(interval_s: float = 1.0, duration_s: float = 600.0,
         "host": socket.gethostname(), "platform": platform.platform(),
         "cpus": _cpu_count(), "started_utc": started,
         "measure": "availability = 1 - busy share of all CPUs per interval (psutil)",
+        "clipped_samples": clipped,
     }
     t = np.arange(n) * float(interval_s)
     one = np.array([0, 1], np.int64)

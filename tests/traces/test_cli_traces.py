@@ -71,11 +71,17 @@ def test_imports_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) 
     ["traces", "import", "csv", "missing.csv", "-o", "x.h5"],
     ["traces", "import", "fedscale-behave", "missing.pkl", "-o", "x.h5"],
     ["traces", "record", "--duration-s", "0", "-o", "x.h5"],
+    ["traces", "generate", "--kind", "constant", "--devices", "2", "--horizon-s", "nan",
+     "-o", "x.h5"],
+    ["traces", "generate", "--kind", "constant", "--devices", "2", "--horizon-s", "inf",
+     "-o", "x.h5"],
+    ["traces", "import", "csv", "t.csv", "--period-s", "nan", "-o", "x.h5"],
 ])
 def test_bad_input_exits_2_with_one_paragraph(argv: list[str], tmp_path: Path,
                                               capsys: pytest.CaptureFixture,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.csv").write_text("device,t_s,availability\n0,0,1\n")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err

@@ -54,6 +54,7 @@ CASES = {
     "version missing": (attr("version", None), "version", "missing"),
     "n_devices missing": (attr("n_devices", None), "n_devices", "missing"),
     "n_devices negative": (attr("n_devices", -1), "n_devices", "-1 devices"),
+    "n_devices zero": (attr("n_devices", 0), "n_devices", "0 devices"),
     "n_devices not a number": (attr("n_devices", "many"), "n_devices", "not a number"),
     "n_devices wrong": (attr("n_devices", 4), "availability/offsets", "4 devices"),
     "horizon missing": (attr("horizon_s", None), "horizon_s", "missing"),

@@ -266,3 +266,27 @@ def test_csv_rejects_bad_online_and_header(tmp_path: Path) -> None:
     p.write_text("device,t_s,availability\n0,0,1\n0,50,1\n")
     with pytest.raises(UserError, match="line 3: t_s=50 at or past the period 40"):
         import_csv(p, period_s=40)
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"period_s": math.nan}, "--period-s nan"),
+    ({"period_s": math.inf}, "--period-s inf"),
+    ({"period_s": -5.0}, "--period-s -5"),
+    ({"horizon_s": math.nan}, "--horizon-s nan"),
+    ({"horizon_s": 0.0}, "--horizon-s 0"),
+    ({"period_s": 100.0, "horizon_s": 50.0}, "--horizon-s 50"),
+])
+def test_csv_rejects_bad_period_and_horizon(tmp_path: Path, kwargs: dict, needle: str) -> None:
+    p = tmp_path / "t.csv"
+    p.write_text("device,t_s,availability\n0,0,1\n0,10,0.5\n")
+    with pytest.raises(UserError, match=needle):
+        import_csv(p, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"ref_macs_per_sample": math.nan},
+                                    {"ref_macs_per_sample": math.inf},
+                                    {"down_up_ratio": math.nan}, {"latency_s": math.nan},
+                                    {"latency_s": math.inf}])
+def test_capacity_rejects_non_finite_options(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(UserError, match="finite"):
+        capacity_classes(_capacity(tmp_path / "cap.pkl"), **kwargs)

@@ -56,3 +56,25 @@ def test_lazy_equals_file(name: str, k: int, tmp_path: Path) -> None:
     finally:
         ft.close()
     read_traces(path)  # the whole file validates
+
+
+def test_a_generator_that_breaks_the_format_is_a_clear_error() -> None:
+    """A plugin generator's output is checked like a file's: values, times, period."""
+    from fleetsim.errors import UserError
+    from fleetsim.traces.generators import DeviceSignals, TraceGenerator
+
+    class Bad(TraceGenerator):
+        def make(self, o: object, horizon_s: float, rng: np.random.Generator) -> DeviceSignals:
+            return DeviceSignals(np.array([0.0, 5.0]), np.array([1.0, 1.5]), np.zeros(1),
+                                 np.ones(1, np.uint8))
+
+    class Late(TraceGenerator):
+        def make(self, o: object, horizon_s: float, rng: np.random.Generator) -> DeviceSignals:
+            return DeviceSignals(np.array([0.0, horizon_s]), np.array([1.0, 0.5]),
+                                 np.zeros(1), np.ones(1, np.uint8))
+
+    opts = TraceGenerator.Options()
+    with pytest.raises(UserError, match=r"generator 'bad'.*device 1.*1\.5.*out of range"):
+        GeneratedTraces(Bad(opts), "bad", 3, 100.0, seed=0).device(1)
+    with pytest.raises(UserError, match=r"generator 'late'.*at or beyond the period"):
+        GeneratedTraces(Late(opts), "late", 3, 100.0, seed=0).materialise()

@@ -44,3 +44,12 @@ def test_cli_record_really_samples_this_host(tmp_path: Path, capsys: pytest.Capt
     assert ts.meta["params"]["interval_s"] == 1.0 and ts.meta["cpus"] >= 1
     assert FileTraces(out).device(0).online_at(12345.0)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_record_rejects_nan_samples_and_counts_clipped_ones() -> None:
+    busy = iter([0.5, float("nan")])
+    with pytest.raises(UserError, match="sample 2"):
+        record(1.0, 2.0, sampler=lambda dt: next(busy))
+    busy = iter([0.25, 1.0, -0.5, 1.2])
+    ts = record(0.5, 2.0, sampler=lambda dt: next(busy))
+    assert ts.meta["clipped_samples"] == 2  # -0.5 and 1.2 busy are outside [0, 1]
