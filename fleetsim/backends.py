@@ -33,6 +33,11 @@ class Backend:
     def initial_state(self) -> dict[str, Tensor]:
         return self.trainer.initial_state()
 
+    @property
+    def buffer_names(self) -> frozenset[str]:
+        """Float buffers of the model (batch-norm statistics), for the aggregator."""
+        return frozenset(self.trainer.float_buffers)
+
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:
         return self.trainer.evaluate(state)
 

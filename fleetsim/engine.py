@@ -15,6 +15,7 @@ aggregation.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -32,7 +33,7 @@ from fleetsim.costs import CostModel
 from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
 from fleetsim.nn.slicing import keep_share
-from fleetsim.policies.base import Assignment, Policy, StepObservation
+from fleetsim.policies.base import Assignment, Policy, StepObservation, check_vector
 from fleetsim.rng import stream
 from fleetsim.scenario import Scenario
 from fleetsim.server.aggregation import AGGREGATORS
@@ -40,11 +41,16 @@ from fleetsim.server.selection import DeviceReport, Selector
 from fleetsim.training import UpdateJob
 
 INF = math.inf
-STATUS = ("completed", "late", "dropped", "not_needed")
+#: Device outcomes of a round, in the order of their codes in ``run.h5`` (append only).
+STATUS = ("completed", "late", "dropped", "not_needed", "rejected", "too_slow")
 
-# Mini-batches a device may do in one round at most, as a multiple of local_steps, so a
-# policy that never says stop cannot hang the engine.
+# Mini-batches a deciding policy may ask for in one round when nothing else ends it (the
+# server waits for every device), as a multiple of the round's step count: more is taken
+# as a policy that never says stop, and is an error.
 MAX_STEPS_FACTOR = 100
+# ... and at most, whatever ends the round (step times are positive, so a finite cutoff
+# ends the loop; this only guards against a policy that chooses empty work for ever).
+MAX_STEPS_HARD = 1_000_000
 # Consecutive rounds with no online device after which a run is declared stuck (with the
 # default 60 s retry, about a week of simulated time with the whole fleet offline).
 MAX_IDLE_WAITS = 10_000
@@ -62,9 +68,27 @@ class DeviceRound:
     steps: int = 0
     macs: float = 0.0
     kept_share_sum: float = 0.0
-    bytes_down: int = 0
-    bytes_up: int = 0
-    job: UpdateJob | None = None
+    need_s: float = math.nan  # "too_slow": time one mini-batch and the upload would take
+    bytes_down: int = 0  # bytes that crossed the downlink (all of the model, or less if cut)
+    bytes_up: int = 0  # bytes that crossed the uplink (0 if the upload never started)
+    job: UpdateJob | None = None  # what to train, for an update that arrived in time
+    plan: _Plan | None = None  # phase times, only until the round closes
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A device's phase times in one round, kept until the round closes, so that work
+    the server did not wait for can be cut back to the instant it stopped waiting."""
+
+    nbytes: int
+    latency_s: float
+    t_start: float
+    down_s: float
+    up_start: float | None = None
+    up_s: float = 0.0
+    #: per mini-batch (start, end, MACs, kept share); recorded (not None) only if the
+    #: round can close before every device's fate (over-commitment)
+    work: list[tuple[float, float, float, float]] | None = None
 
 
 @dataclass
@@ -152,6 +176,7 @@ class Engine:
         env, sc = self.env, self.sc
         k = sc.training.clients_per_round
         deadline_s = sc.training.deadline_s
+        budget_s = sc.training.time_budget_s
         r = 0
         idle = 0
         last_eval = -1
@@ -176,18 +201,24 @@ class Engine:
             selected = sorted(selected)
             cutoff = t_start + deadline_s if (deadline_s is not None and not plan.wait_all) \
                 else INF
-            arrivals: list[DeviceRound] = []
-            enough = env.event()
-            closed = [False]  # set when the server stops waiting; late processes then stay quiet
+            if budget_s is not None:
+                # the round running when the budget ends closes then, as at a deadline:
+                # no result of a run lies past its time budget
+                cutoff = min(cutoff, budget_s)
             rng_assign = stream(sc.seed, "assign", r)
             outcomes = []
-            procs = []
             for d in selected:
                 a = self.policy.assign(r, d, int(self.fleet.class_of[d]), rng_assign)
                 out = DeviceRound(d, r, t_start)
+                self._schedule(out, self._checked(a), cutoff, deadline_s,
+                               record=plan.keep < plan.select)
                 outcomes.append(out)
-                procs.append(env.process(self._device(out, a, cutoff, t_start, deadline_s,
-                                                      arrivals, enough, plan.keep, closed)))
+            self._check_server_can_close(outcomes, cutoff, plan.keep, plan.select, r)
+            arrivals: list[DeviceRound] = []
+            enough = env.event()
+            closed = [False]  # set when the server stops waiting; later arrivals stay quiet
+            procs = [env.process(self._device(o, arrivals, enough, plan.keep, closed))
+                     for o in outcomes]
             waits = [env.all_of(procs)]
             if cutoff < INF:
                 waits.append(env.timeout(cutoff - t_start))
@@ -196,15 +227,7 @@ class Engine:
             yield env.any_of(waits)
             closed[0] = True
             t_end = env.now
-            kept = {o.device for o in arrivals[:plan.keep]}
-            for o in outcomes:
-                if o.status != "completed" or o.device in kept:
-                    continue
-                if o.job is not None:  # arrived, but after the first K (over-commitment)
-                    o.status = "not_needed"
-                else:  # still working when the server stopped waiting
-                    o.status = "late" if t_end >= cutoff else "not_needed"
-                    o.t_end = t_end
+            self._close(outcomes, t_end, cutoff, plan.keep)
             done = [o for o in outcomes if o.status == "completed"]
             losses = self._aggregate(done)
             yield env.timeout(sc.training.server_time_s)
@@ -213,11 +236,13 @@ class Engine:
                                              or self._done(r + 1)):
                 acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
                 last_eval = r
+            done = [o for o in outcomes if o.status == "completed"]  # without the rejected
             row = self._row(r, t_start, t_end, outcomes, done, acc, loss, losses)
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
             self.selector.feedback([
-                DeviceReport(o.device, r, o.status, o.t_end - t_start,
+                DeviceReport(o.device, r, o.status,
+                             o.need_s if o.status == "too_slow" else o.t_end - t_start,
                              losses.get(o.device, math.nan), o.steps,
                              int(self.n_samples[o.device])) for o in outcomes])
             if self.on_round:
@@ -230,52 +255,54 @@ class Engine:
             acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
             self.log.rounds[-1].update(accuracy=acc, loss=loss)
 
-    def _device(self, out: DeviceRound, a: Assignment, cutoff: float, t_start: float,
-                deadline_s: float | None, arrivals: list[DeviceRound], enough: simpy.Event,
-                keep: int, closed: list[bool]) -> Iterator[simpy.events.Event]:
-        """One device's round: download, train, upload; drop out if it goes offline."""
-        env, fleet, costs = self.env, self.fleet, self.costs
-        d = out.device
+    # ------------------------------------------------------------------ one device
+
+    def _schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
+                  deadline_s: float | None, record: bool) -> None:
+        """Work out, at the round's start, how one device's round ends if nobody stops it.
+
+        Download, training and upload depend only on the cost model, the network path and
+        the device's trace, so the whole round of a device is known at once: ``out`` gets
+        its fate (``status`` and ``t_end``: arrival, going offline, or the cutoff), the
+        work done by then, and the job to train if it arrives. The server may still close
+        the round earlier (over-commitment, or a time budget); :meth:`_close` then cuts
+        the work back to that instant (``record``: keep the per-step times it needs).
+        Deciding fates by times, not by the order in which SimPy handles events at one
+        instant, makes "an arrival exactly at the deadline counts" a rule rather than an
+        accident of event order.
+        """
+        fleet, costs = self.fleet, self.costs
+        d, t_start = out.device, out.t_start
         tr = fleet.trace(d)
         path = fleet.path(d)
         t_off = tr.next_offline(t_start)
-        out.bytes_down = costs.model_bytes(a.submodel)
-        out.bytes_up = out.bytes_down
-        up_s = path.upload_s(out.bytes_up)
-
-        def wait_until(t_phase: float) -> tuple[float, str | None]:
-            """Where the phase ends: its own end, going offline, or the cutoff first."""
-            end = min(t_phase, t_off, cutoff)
-            if end == t_off and t_off <= t_phase and t_off <= cutoff:
-                return t_off, "dropped"
-            if end == cutoff and cutoff < t_phase:
-                return cutoff, "late"
-            return end, None
+        nbytes = costs.model_bytes(a.submodel)
+        down_s, up_s = path.download_s(nbytes), path.upload_s(nbytes)
+        lat = path.latency_s
 
         # download
-        end, why = wait_until(t_start + path.download_s(out.bytes_down))
-        yield env.timeout(end - env.now)
-        if closed[0]:
-            return
+        t = t_start + down_s
+        plan = out.plan = _Plan(nbytes, lat, t_start, down_s)
+        end, why = _phase_end(t, t_off, cutoff)
+        out.bytes_down = _sent(nbytes, t_start, down_s, end, lat)
         if why:
             out.t_end, out.status = end, why
             return
         # train: decisions and step times are exact and need no events of their own
-        t = env.now
         peak = float(fleet.peak_macs_per_s[d])
         n = int(self.n_samples[d])
         batch = min(self.sc.training.batch_size, n)
         deadline_abs = t_start + deadline_s if deadline_s is not None else INF
         vectors: dict[tuple[float, ...], int] = {}
         step_vec: list[int] = []
-        cap = MAX_STEPS_FACTOR * self.sc.training.local_steps
-        why = None
+        work = plan.work = [] if record else None
         if self._fixed_work:
             # Hot path: policies that keep the base decide() train the assigned vector for
             # a fixed number of mini-batches; asking them would cost an observation, an
             # availability lookup and a seeded random stream per simulated mini-batch.
+            # Their step count is explicit, so no cap applies.
             fixed = a.submodel or self.policy.zero
-            n_fixed = min(self.policy.steps_of(a), cap)
+            n_fixed = self.policy.steps_of(a)
 
             def next_vector(step: int, t: float, last: tuple[float, ...] | None
                             ) -> tuple[float, ...] | None:
@@ -283,14 +310,27 @@ class Engine:
         else:
             rng = stream(self.sc.seed, "policy", out.round, d)
             cls = int(fleet.class_of[d])
+            # A deciding policy that never says stop would hang the engine where nothing
+            # else ends the round (the server waits for every device): that is the
+            # policy's bug, so it is an error, never a silent truncation.
+            cap = (MAX_STEPS_FACTOR * max(self.sc.training.local_steps,
+                                          self.policy.steps_of(a))
+                   if cutoff == INF else MAX_STEPS_HARD)
+            name, n_groups = self.sc.policy.name, len(self.groups)
 
             def next_vector(step: int, t: float, last: tuple[float, ...] | None
                             ) -> tuple[float, ...] | None:
                 if step >= cap:
-                    return None
-                return self.policy.decide(StepObservation(
+                    raise UserError(
+                        f"policy '{self.sc.policy.name}' did not stop: device {d} was still "
+                        f"asked for mini-batch {step + 1} in round {out.round} (at most "
+                        f"{cap} are allowed when nothing else ends the round). Allowed: a "
+                        "policy whose decide() returns STOP, a deadline_s, or "
+                        "policy.options.stragglers other than 'wait'.")
+                vec = self.policy.decide(StepObservation(
                     d, cls, out.round, step, t, tr.availability_at(t),
                     deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, last)).vector
+                return check_vector(name, vec, n_groups)
 
         vec: tuple[float, ...] | None = None
         while (vec := next_vector(len(step_vec), t, vec)) is not None:
@@ -298,40 +338,137 @@ class Engine:
             t_next = tr.finish_time(t, macs / peak)
             if a.partial and t_next + up_s > deadline_abs:
                 break  # partial work: send what is done when time is up
-            if t_next > t_off or t_next > cutoff:
-                end, why = wait_until(t_next)
-                out.macs += macs * _done_share(tr, t, t_next, end)
-                break
+            if t_next > t_off or t_next > cutoff or t_next == INF:
+                if work is not None:
+                    work.append((t, t_next, macs, self._share(vec)))
+                out.steps = len(step_vec)
+                if min(t_off, cutoff) == INF:
+                    # the step never ends and nothing stops it: the fate is "for ever";
+                    # _check_server_can_close decides whether that is an error
+                    out.t_end, out.status = INF, "late"
+                    return
+                end, why = _phase_end(t_next, t_off, cutoff)
+                out.macs += _done_macs(tr, t, end, macs, peak)
+                out.t_end, out.status = end, why
+                return
             step_vec.append(vectors.setdefault(vec, len(vectors)))
+            share = self._share(vec)
+            if work is not None:
+                work.append((t, t_next, macs, share))
             out.macs += macs
-            out.kept_share_sum += self._share(vec)
+            out.kept_share_sum += share
             t = t_next
         out.steps = len(step_vec)
-        if why:
-            yield env.timeout(end - env.now)
-            if not closed[0]:
-                out.t_end, out.status = end, why
-            return
-        yield env.timeout(t - env.now)
-        if closed[0]:
+        if not step_vec:
+            # Could not fit one mini-batch (partial work, or a policy that stopped at once).
+            # The device tells the server so at once (a message: latency only), and the
+            # selectors hear how long one mini-batch and the upload would have taken, so
+            # they learn it is slow ("dropped" would say it went offline, and hide that).
+            if vec is None:  # the policy stopped: time the step it was assigned
+                macs = costs.step_macs(a.submodel or self.policy.zero, batch)
+                t_next = tr.finish_time(t, macs / peak)
+            out.need_s = t_next + up_s - t_start
+            end, why = _phase_end(t + lat, t_off, cutoff)
+            out.t_end, out.status = end, why or "too_slow"
             return
         # upload
-        end, why = wait_until(t + up_s)
-        yield env.timeout(end - env.now)
-        if closed[0]:
-            return
+        end, why = _phase_end(t + up_s, t_off, cutoff)
+        out.bytes_up = _sent(nbytes, t, up_s, end, lat)
         out.t_end = end
+        plan.up_start, plan.up_s = t, up_s
         if why:
             out.status = why
             return
-        if out.steps == 0:
-            out.status = "dropped"  # nothing to send
-            return
+        out.status = "completed"
         out.job = UpdateJob(d, out.round, float(n), tuple(vectors), tuple(step_vec), a.mode,
                             a.reselect, a.offset, self.train_spec.prox_mu)
-        arrivals.append(out)
-        if len(arrivals) == keep and not enough.triggered:
-            enough.succeed()
+
+    def _checked(self, a: Assignment) -> Assignment:
+        """``a`` with its sub-model vector checked (a policy is user code)."""
+        if a.submodel is not None:
+            v = check_vector(self.sc.policy.name, a.submodel, len(self.groups),
+                             "assign().submodel")
+            if v != a.submodel:
+                a = dataclasses.replace(a, submodel=v)
+        return a
+
+    def _device(self, out: DeviceRound, arrivals: list[DeviceRound], enough: simpy.Event,
+                keep: int, closed: list[bool]) -> Iterator[simpy.events.Event]:
+        """One device's process: it ends at the device's fate (arrival, drop, cutoff)."""
+        if out.t_end == INF:
+            yield self.env.event()  # never ends: only the server's cutoff closes the round
+        yield self.env.timeout(out.t_end - self.env.now)
+        if out.status == "completed" and not closed[0]:
+            arrivals.append(out)
+            if len(arrivals) == keep and not enough.triggered:
+                enough.succeed()
+
+    def _check_server_can_close(self, outcomes: list[DeviceRound], cutoff: float, keep: int,
+                                select: int, r: int) -> None:
+        """A server that would wait for ever for a device that never finishes is an error."""
+        if cutoff < INF:
+            return
+        stuck = [o for o in outcomes if o.t_end == INF]
+        if not stuck:
+            return
+        arrive = sum(1 for o in outcomes if o.status == "completed")
+        if keep < select and arrive >= keep:
+            return  # over-commitment: the first K arrivals close the round
+        o = stuck[0]
+        raise UserError(
+            f"{self.sc.name}: round {r}: device {o.device} (class "
+            f"'{self.fleet.class_name(o.device)}') can never finish its mini-batch started "
+            f"at t={o.plan.work[-1][0] if o.plan and o.plan.work else o.t_start:g} s: its "
+            "availability stays 0 "
+            "for ever (its trace does not repeat) and it never goes offline, while the "
+            "server waits for every selected device (training.deadline_s is null or "
+            "policy.options.stragglers is 'wait'), so the run could never go on. Allowed: a "
+            "deadline_s with stragglers 'discard' or 'overcommit', a training.time_budget_s, "
+            "or traces with a period or with availability above 0 after their last "
+            "breakpoint.")
+
+    def _close(self, outcomes: list[DeviceRound], t_end: float, cutoff: float,
+               keep: int) -> None:
+        """Settle every device's status when the server stops waiting at ``t_end``.
+
+        A fate at or before ``t_end`` stands (an arrival exactly at the deadline counts);
+        of the arrivals, the first ``keep`` by time (then device id) are aggregated and the
+        rest are not needed. A device still working is late if the cutoff has come, else
+        not needed, and keeps only the work it did by ``t_end``.
+        """
+        arrived = sorted((o for o in outcomes if o.status == "completed" and o.t_end <= t_end),
+                         key=lambda o: (o.t_end, o.device))
+        kept = {o.device for o in arrived[:keep]}
+        for o in outcomes:
+            if o.t_end <= t_end:
+                if o.status == "completed" and o.device not in kept:
+                    o.status, o.job = "not_needed", None
+            else:
+                self._cut_back(o, t_end)
+                o.status = "late" if t_end >= cutoff else "not_needed"
+                o.t_end, o.job = t_end, None
+            o.plan = None  # only needed until the round closes
+
+    def _cut_back(self, o: DeviceRound, t: float) -> None:
+        """Keep only the work a device did by ``t`` (the server stopped waiting then)."""
+        p = o.plan
+        assert p is not None and p.work is not None, "cut back without recorded work"
+        o.bytes_up = 0
+        if p.up_start is not None and p.up_start <= t:  # cut off during its upload
+            o.bytes_up = _sent(p.nbytes, p.up_start, p.up_s, t, p.latency_s)
+            return
+        if p.t_start + p.down_s > t:  # cut off during its download
+            o.bytes_down = _sent(p.nbytes, p.t_start, p.down_s, t, p.latency_s)
+        steps, macs, share = 0, 0.0, 0.0
+        for t0, t1, m, s in p.work:
+            if t1 <= t:
+                steps, macs, share = steps + 1, macs + m, share + s
+                continue
+            if t0 < t:
+                macs += _done_macs(self.fleet.trace(o.device), t0, t, m,
+                                   float(self.fleet.peak_macs_per_s[o.device]))
+            break
+        o.steps, o.macs, o.kept_share_sum = steps, macs, share
 
     def _share(self, vec: tuple[float, ...]) -> float:
         s = self._share_memo.get(vec)
@@ -346,12 +483,20 @@ class Engine:
         """Train the updates that arrived (in device order) and aggregate them."""
         if self.backend is None or not done:
             return {}
-        jobs = [o.job for o in sorted(done, key=lambda o: o.device)]
-        agg = AGGREGATORS.get(self.train_spec.aggregator)(self.state)  # type: ignore[arg-type]
+        by_id = {o.device: o for o in done}
+        jobs = [by_id[d].job for d in sorted(by_id)]
+        agg = AGGREGATORS.get(self.train_spec.aggregator)(
+            self.state, self.backend.buffer_names)  # type: ignore[arg-type]
         losses = {}
         for res in self.backend.train(self.state, jobs):  # type: ignore[arg-type]
-            agg.add(res.update)
-            losses[res.update.device] = res.mean_loss
+            d = res.update.device
+            # A diverged update (non-finite loss or weights) is rejected and counted,
+            # never averaged in: one such device would otherwise leave the global model
+            # NaN for the rest of the run.
+            if not math.isfinite(res.loss_sum) or not agg.add(res.update):
+                by_id[d].status, by_id[d].job = "rejected", None
+                continue
+            losses[d] = res.mean_loss
         self.state = agg.result()
         return losses
 
@@ -366,6 +511,7 @@ class Engine:
             "round": r, "t_start_s": t_start, "t_end_s": t_end, "selected": len(outcomes),
             "completed": count["completed"], "late": count["late"],
             "dropped": count["dropped"], "not_needed": count["not_needed"],
+            "rejected": count["rejected"], "too_slow": count["too_slow"],
             "accuracy": acc, "loss": loss,
             "train_loss": float(np.mean(list(losses.values()))) if losses else math.nan,
             "mean_kept_share": (sum(o.kept_share_sum for o in done) / steps) if steps
@@ -373,13 +519,34 @@ class Engine:
             "steps": steps, "macs": sum(o.macs for o in done),
             "macs_wasted": sum(o.macs for o in outcomes if o.status != "completed"),
             "bytes_down": sum(o.bytes_down for o in outcomes),
-            "bytes_up": sum(o.bytes_up for o in done),
+            "bytes_up": sum(o.bytes_up for o in outcomes),
         }
 
 
-def _done_share(tr: Any, t0: float, t1: float, end: float) -> float:
-    """Share of a step's work done by ``end`` (the step would end at ``t1``)."""
-    if end >= t1:
-        return 1.0
-    total = tr.cumulative(t1) - tr.cumulative(t0)
-    return (tr.cumulative(end) - tr.cumulative(t0)) / total if total > 0 else 0.0
+def _phase_end(t_phase: float, t_off: float, cutoff: float) -> tuple[float, str | None]:
+    """Where a phase that would end at ``t_phase`` ends: itself, going offline or the
+    cutoff, whichever comes first. Going offline wins ties (offline at ``t`` means not
+    reachable at ``t``); the phase wins a tie with the cutoff (an arrival exactly at the
+    deadline counts)."""
+    if t_off <= t_phase and t_off <= cutoff:
+        return t_off, "dropped"
+    if t_phase <= cutoff:
+        return t_phase, None
+    return cutoff, "late"
+
+
+def _sent(nbytes: int, t0: float, phase_s: float, end: float, latency_s: float) -> int:
+    """Bytes of a transfer of ``nbytes`` (started at ``t0``, ``phase_s`` long including
+    ``latency_s``) that had crossed the link by ``end``."""
+    if end >= t0 + phase_s:
+        return nbytes
+    wire_s = phase_s - latency_s
+    if wire_s <= 0.0:
+        return 0
+    return int(nbytes * min(max((end - t0 - latency_s) / wire_s, 0.0), 1.0))
+
+
+def _done_macs(tr: Any, t0: float, end: float, macs: float, peak: float) -> float:
+    """MACs of a step of ``macs`` started at ``t0`` done by ``end``: the integral of the
+    available compute, never more than the step itself."""
+    return min(macs, peak * (tr.cumulative(end) - tr.cumulative(t0)))

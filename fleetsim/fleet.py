@@ -7,6 +7,7 @@ per device on demand.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,29 @@ def trace_source(cfg: TraceConfig, n_devices: int, seed: int, source: str | None
                                      cfg.horizon_s, int_seed(seed, "traces"))
 
 
+def class_counts(shares: Sequence[float], n: int) -> np.ndarray:
+    """Devices per class: ``n`` split by ``shares``, summing to ``n`` exactly.
+
+    Shares are normalised first: the scenario accepts shares that sum to 1 within 1e-6,
+    and on a fleet of 10^9 devices that slack alone is a thousand devices. Then each class
+    gets the floor of its quota and the largest remainders (ties: the earlier class) get
+    the devices left over, of which there are fewer than the number of classes.
+    """
+    s = np.asarray(shares, dtype=np.float64)
+    quota = s / s.sum() * n
+    counts = np.floor(quota).astype(np.int64)
+    rest = int(n - counts.sum())
+    order = np.argsort(-(quota - counts), kind="stable")
+    # float rounding can leave the floors one device above or below the exact split
+    while rest < 0:
+        k = int(np.argmax(counts))
+        counts[k] -= 1
+        rest += 1
+    counts[order[:rest % len(s)]] += 1
+    counts += rest // len(s)
+    return counts
+
+
 class Fleet:
     """All devices of a scenario.
 
@@ -64,11 +88,7 @@ class Fleet:
         self.n = n
         self.classes = tuple(DeviceClass(c.name, c.peak_macs_per_s, c.memory_mb, c.uplink_mbps,
                                          c.downlink_mbps, c.latency_s) for c in cfg.classes)
-        shares = np.array([c.share for c in cfg.classes])
-        counts = np.floor(shares * n).astype(int)
-        # largest remainders get the leftover devices, so counts sum to n exactly
-        rest = n - counts.sum()
-        counts[np.argsort(-(shares * n - counts), kind="stable")[:rest]] += 1
+        counts = class_counts([c.share for c in cfg.classes], n)
         class_of = np.repeat(np.arange(len(counts)), counts).astype(np.int16)
         if cfg.assignment == "random":
             class_of = stream(seed, "fleet-classes").permutation(class_of)

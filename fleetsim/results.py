@@ -26,8 +26,8 @@ from fleetsim.engine import STATUS, RunLog
 from fleetsim.scenario import Scenario
 
 ROUND_COLUMNS = ("round", "t_start_s", "t_end_s", "selected", "completed", "late", "dropped",
-                 "not_needed", "accuracy", "loss", "train_loss", "mean_kept_share", "steps",
-                 "macs", "macs_wasted", "bytes_down", "bytes_up")
+                 "not_needed", "rejected", "too_slow", "accuracy", "loss", "train_loss",
+                 "mean_kept_share", "steps", "macs", "macs_wasted", "bytes_down", "bytes_up")
 TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps", "macs",
                     "mean_kept_share", "bytes_down", "bytes_up")
 

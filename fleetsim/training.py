@@ -153,7 +153,8 @@ class Trainer:
             # the sub-network's parameters as leaves of its own size (see DroppableNet.forward)
             leaves: dict[str, Tensor] = {}
             out = model(x, keep, leaves=leaves)
-            loss = F.cross_entropy(out, y)
+            task_loss = F.cross_entropy(out, y)
+            loss = task_loss
             if anchor is not None:
                 loss = loss + 0.5 * job.prox_mu * self._prox(anchor, keep, leaves)
             for p in params.values():
@@ -162,7 +163,9 @@ class Trainer:
             sgd_update(model, params, keep, leaves, lr, mom, wd, bufs)
             if not all_full:
                 all_full = self._cover(masks, keep)
-            loss_sum = loss_sum + loss.detach()
+            # the task loss alone: train_loss and Oort's utility measure the data, not how
+            # far FedProx's penalty has let the weights move
+            loss_sum = loss_sum + task_loss.detach()
         out_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         update = Update(job.device, job.weight, out_state, masks, job.steps)
         return UpdateResult(update, float(loss_sum), job.steps)

@@ -5,11 +5,15 @@ by their sample counts; elements that no device trained keep their value. With f
 updates this is exactly FedAvg. Updates are added one at a time, in device-id order (the
 backends deliver them so), so the sums -- and the bits of the result -- do not depend on
 which update finished first.
+
+An update with a NaN or an infinity anywhere in its state is rejected (:meth:`add`
+returns False and adds nothing): one diverged device must not make the global model
+non-finite for the rest of the run. The engine counts rejections per round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -38,26 +42,44 @@ class Update:
     steps: int
 
 
-class Aggregator:
-    """Masked, weighted FedAvg: ``new = sum_k w_k m_k x_k / sum_k w_k m_k`` elementwise."""
+def is_finite(state: Mapping[str, Tensor]) -> bool:
+    """Whether every floating-point tensor of ``state`` holds only finite values."""
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
-    def __init__(self, global_state: Mapping[str, Tensor]) -> None:
+
+class Aggregator:
+    """Masked, weighted FedAvg: ``new = sum_k w_k m_k x_k / sum_k w_k m_k`` elementwise.
+
+    Parameters
+    ----------
+    global_state : the model the round started from
+    buffers : names of float buffers (batch-norm running statistics): statistics, not
+        weights, so rules that treat updates as displacements (FedNova) average them
+    """
+
+    def __init__(self, global_state: Mapping[str, Tensor],
+                 buffers: Iterable[str] = ()) -> None:
         self.global_state = global_state
+        self.buffers = frozenset(buffers)
         self.names = [k for k, v in global_state.items() if v.is_floating_point()]
         self.num = {k: torch.zeros_like(global_state[k]) for k in self.names}
         self.den = {k: torch.zeros_like(global_state[k]) for k in self.names}
         self.count = 0
         self._last = -1
 
-    def add(self, u: Update) -> None:
+    def add(self, u: Update) -> bool:
+        """Add ``u`` to the running sums; False (nothing added) if it is not finite."""
         if u.device <= self._last:
             raise ValueError("updates must be added in increasing device order "
                              f"({u.device} after {self._last})")
         self._last = u.device
+        if not is_finite({k: u.state[k] for k in self.names}):
+            return False
         self.count += 1
         w = float(u.weight)
         for k in self.names:
             self._accumulate(k, u.state[k], u.masks.get(k), w, u)
+        return True
 
     def _accumulate(self, k: str, x: Tensor, m: Tensor | None, w: float, u: Update) -> None:
         if m is None:
@@ -89,11 +111,15 @@ class FedNovaAggregator(Aggregator):
     element.
     """
 
-    def __init__(self, global_state: Mapping[str, Tensor]) -> None:
-        super().__init__(global_state)
+    def __init__(self, global_state: Mapping[str, Tensor],
+                 buffers: Iterable[str] = ()) -> None:
+        super().__init__(global_state, buffers)
         self.tau = {k: torch.zeros_like(global_state[k]) for k in self.names}
 
     def _accumulate(self, k: str, x: Tensor, m: Tensor | None, w: float, u: Update) -> None:
+        if k in self.buffers:  # running statistics are averaged, not normalised by tau
+            super()._accumulate(k, x, m, w, u)
+            return
         tau = max(u.steps, 1)
         d = (x - self.global_state[k]) / tau
         mw = torch.full_like(x, w) if m is None else m.to(x.dtype) * w
@@ -102,8 +128,10 @@ class FedNovaAggregator(Aggregator):
         self.tau[k].add_(mw, alpha=float(tau))
 
     def result(self) -> dict[str, Tensor]:
-        out = dict(self.global_state)
+        out = super().result()  # the buffers' plain averages
         for k in self.names:
+            if k in self.buffers:
+                continue
             den = self.den[k].clamp_min(1e-30)
             step = self.num[k] / den * (self.tau[k] / den)
             out[k] = torch.where(self.den[k] > 0, self.global_state[k] + step,
