@@ -1,14 +1,23 @@
-"""Backends: a worker pool (and Ray) train the same bits as the in-process backend."""
+"""Backends: a worker pool (and Ray) train the same bits as the in-process backend.
+
+Beyond the MLP with FedAvg (full model, no buffers), the same holds for sub-model
+policies (random channels per device and round, or leading channels per class) on models
+with batch norm, whose running statistics travel with every update: the final global
+model, buffers included, and every round's row must be identical.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from fleetsim.backends import Pool
 from fleetsim.cli import main
+from fleetsim.run import build
 from fleetsim.scenario import load_scenario
 from fleetsim.training import Trainer, build_data
 from tests.conftest import TINY
@@ -35,14 +44,82 @@ def test_pool_gives_the_in_process_rounds_csv(tmp_path: Path) -> None:
     assert pool == local
 
 
-def test_ray_backend_gives_the_in_process_rounds_csv(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[Any]:
+    """One local Ray for every Ray test of this module (its start-up takes seconds)."""
     ray = pytest.importorskip("ray")
-    local = _rounds_csv(tmp_path, "local")
+    assert not ray.is_initialized()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = _rounds_csv(tmp_path, "ray", "training.backend=ray", "training.workers=2")
+        yield ray
     finally:
         ray.shutdown()
+
+
+def test_ray_backend_gives_the_in_process_rounds_csv(tmp_path: Path, ray_session: Any) -> None:
+    local = _rounds_csv(tmp_path, "local")
+    remote = _rounds_csv(tmp_path, "ray", "training.backend=ray", "training.workers=2")
+    assert ray_session.is_initialized()  # the backend used the session, did not start its own
     assert remote == local
+
+
+# sub-model policies on batch-norm models, on scenarios/tiny.yaml with faster devices (the
+# slow class still misses the deadline at low availability)
+SUBMODEL_CASES = {
+    "cnn4-bn-federated_dropout": [
+        "model.arch=cnn4", "model.options={channels: [4, 6, 8, 8], norm: bn}",
+        "policy.name=federated_dropout", "policy.options={rate: 0.25}",
+        "fleet.classes.0.peak_macs_per_s=4.0e6", "fleet.classes.1.peak_macs_per_s=3.0e5"],
+    "resnet8-heterofl": [
+        "model.arch=resnet8", "model.options={width: 0.25}",
+        "policy.name=heterofl", "policy.options={widths: {fast: 1.0, slow: 0.5}}",
+        "fleet.classes.0.peak_macs_per_s=1.0e7", "fleet.classes.1.peak_macs_per_s=2.0e6"],
+}
+_IN_PROCESS: dict[str, tuple[list[dict[str, Any]], dict[str, torch.Tensor]]] = {}
+
+
+def _run(case: str, *backend: str) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Every round's row and the final global model (parameters and buffers)."""
+    sc = load_scenario(SCENARIO, [*SUBMODEL_CASES[case], *backend])
+    built = build(sc)
+    try:
+        log = built.engine.run()
+    finally:
+        assert built.backend is not None
+        built.backend.close()
+    state = built.engine.state
+    assert state is not None
+    return log.rounds, {k: v.clone() for k, v in state.items()}
+
+
+def _in_process(case: str) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    if case not in _IN_PROCESS:
+        rows, state = _IN_PROCESS[case] = _run(case)
+        # the case exercises what it is meant to: sub-models were trained and aggregated,
+        # and the model carries batch-norm statistics
+        assert len(rows) == 4
+        assert any(r["completed"] > 0 and r["mean_kept_share"] < 1.0 for r in rows)
+        assert any(k.endswith("running_var") for k in state)
+    return _IN_PROCESS[case]
+
+
+def _assert_same(got: tuple[list[dict[str, Any]], dict[str, torch.Tensor]],
+                 want: tuple[list[dict[str, Any]], dict[str, torch.Tensor]]) -> None:
+    assert got[0] == want[0]  # every round's row, floats exactly
+    assert got[1].keys() == want[1].keys()
+    for k, v in want[1].items():
+        assert torch.equal(got[1][k], v), k
+
+
+@pytest.mark.parametrize("case", sorted(SUBMODEL_CASES))
+def test_pool_trains_the_in_process_bits_for_sub_models_with_batch_norm(case: str) -> None:
+    _assert_same(_run(case, "training.backend=pool", "training.workers=2"), _in_process(case))
+
+
+@pytest.mark.parametrize("case", sorted(SUBMODEL_CASES))
+def test_ray_trains_the_in_process_bits_for_sub_models_with_batch_norm(
+        case: str, ray_session: Any) -> None:
+    _assert_same(_run(case, "training.backend=ray", "training.workers=2"), _in_process(case))
 
 
 def test_trainer_uses_the_data_it_is_given() -> None:
