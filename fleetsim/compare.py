@@ -32,7 +32,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from fleetsim.errors import UserError
-from fleetsim.results import atomic_write_bytes
+from fleetsim.results import atomic_write_bytes, write_files
 from fleetsim.scenario import Scenario, load_scenario
 
 #: the file whose presence marks a complete cell (written last, atomically)
@@ -566,11 +566,8 @@ class Failures:
 
 
 def write_cell(out: Path, outcome: CellOutcome) -> None:
-    """Write a cell's files atomically, in order (``run.h5`` comes last)."""
-    cell_dir = out / outcome.rel_dir
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    for name, data in outcome.files:
-        atomic_write_bytes(cell_dir / name, data)
+    """Write a cell's files as one unit (see :func:`fleetsim.results.publish`)."""
+    write_files(out / outcome.rel_dir, outcome.files)
 
 
 # ----------------------------------------------------------------------------- batch

@@ -1,8 +1,10 @@
 """Run output: ``run.h5`` (rounds, device timeline, provenance), ``rounds.csv`` and
-``accuracy.png``.
+``accuracy.png``; every column is described in ``docs/results.md``.
 
-Every file is written under a temporary name and renamed when complete, so a crash never
-leaves a file that looks finished; ``run.h5`` is written last and marks a complete run.
+A run's folder is written as one unit: all its files go into a fresh temporary folder
+beside it, which is renamed into place when complete (see :func:`publish`). So a crash or
+a ``kill -9`` never leaves a file that looks finished, and never leaves the files of two
+runs side by side; ``run.h5`` marks a complete run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,65 @@ TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps"
                     "mean_kept_share", "bytes_down", "bytes_up")
 
 
+#: The files a run writes into its folder; a new run replaces exactly these (and their
+#: temporary names), leaving anything else a user put there alone.
+RUN_FILES = ("run.h5", "rounds.csv", "accuracy.png")
+DONE_FILE = "run.h5"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh, empty temporary folder beside ``out`` (same file system: renames work)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # mkdtemp makes it private (0700); once renamed it is the run's folder, so give it the
+    # permissions a plain mkdir would
+    umask = os.umask(0)
+    os.umask(umask)
+    staged.chmod(0o777 & ~umask)
+    return staged
+
+
+def publish(staged: Path, out: Path) -> None:
+    """Move the complete run in ``staged`` to ``out`` as one unit.
+
+    If ``out`` does not exist (or is an empty folder), one rename does it: atomic. If it
+    holds an earlier run, that run's files are removed first, ``run.h5`` first (so the
+    folder stops looking finished), and the new files are moved in with ``run.h5`` last.
+    An interruption in between leaves a folder without ``run.h5`` -- incomplete, which
+    ``compare`` reruns -- but never one run's ``rounds.csv`` beside another's ``run.h5``.
+    """
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.rename(staged, out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:  # DONE_FILE comes first
+        for p in (out / name, out / (name + ".tmp")):
+            p.unlink(missing_ok=True)
+    names = sorted(p.name for p in staged.iterdir() if p.name != DONE_FILE)
+    for name in [*names, DONE_FILE]:
+        if (staged / name).exists():
+            os.replace(staged / name, out / name)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def write_files(out_dir: str | os.PathLike[str], files: Iterable[tuple[str, bytes]]) -> None:
+    """Write a run's files (name, bytes) into ``out_dir`` as one unit."""
+    out = Path(out_dir)
+    staged = staging_dir(out)
+    try:
+        for name, data in files:
+            (staged / name).write_bytes(data)
+        publish(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def provenance(sc: Scenario, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,13 +135,22 @@ def rounds_arrays(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def write_run(out_dir: str | os.PathLike[str], sc: Scenario, log: RunLog,
               extra: dict[str, Any] | None = None) -> Path:
-    """Write all outputs of a run into ``out_dir``; returns the path of ``run.h5``."""
+    """Write all outputs of a run into ``out_dir`` as one unit; returns ``run.h5``'s path."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    staged = staging_dir(out)
+    try:
+        _write_into(staged, sc, log, extra)
+        publish(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return out / DONE_FILE
+
+
+def _write_into(out: Path, sc: Scenario, log: RunLog, extra: dict[str, Any] | None) -> None:
     write_rounds_csv(out / "rounds.csv", log.rounds)
     if sc.output.plot:
         plot_accuracy(out / "accuracy.png", log.rounds, sc.name)
-    h5 = out / "run.h5"
+    h5 = out / DONE_FILE
     tmp = h5.with_name(h5.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         g = f.create_group("rounds")
@@ -100,7 +168,6 @@ def write_run(out_dir: str | os.PathLike[str], sc: Scenario, log: RunLog,
             else:  # str subclasses (torch's version string) would become numpy unicode
                 f.attrs[k] = str(v) if isinstance(v, str) else json.dumps(v)
     os.replace(tmp, h5)
-    return h5
 
 
 def write_rounds_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -145,12 +145,15 @@ class TrainingConfig(Section):
                                            "training; timing: the same schedule, no training")
     rounds: int | None = Field(50, ge=1, description="rounds to run (null: until "
                                "time_budget_s)")
-    time_budget_s: float | None = Field(None, gt=0, description="stop once simulated time "
-                                        "passes this")
+    time_budget_s: float | None = Field(None, gt=0, description="simulated seconds the run "
+                                        "may take: no round starts at or after it, and the "
+                                        "round running then closes at it (like a deadline), "
+                                        "so no result lies past it")
     clients_per_round: int = Field(10, ge=1, description="K: devices whose updates a round "
                                    "aggregates")
     deadline_s: float | None = Field(300.0, gt=0, description="round deadline after its "
-                                     "start (null: none)")
+                                     "start (null: none); an update arriving exactly at "
+                                     "the deadline counts")
     local_steps: int = Field(20, ge=1, description="mini-batches of local work per round")
     batch_size: int = Field(32, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
