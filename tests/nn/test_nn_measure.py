@@ -39,6 +39,7 @@ def _sliced_param_count(model: DroppableNet, counts: dict[str, int]) -> int:
 def test_measured_macs_equal_flop_counter_of_sliced_forward(case: str) -> None:
     model = make(case)
     x, _ = batch(model, n=3)
+    full_checked = 0
     for i, vector in enumerate(_vectors(model)):
         keep = select_channels(model.groups, vector, "random", torch.Generator().manual_seed(i))
         counts = model.kept_counts(keep)
@@ -51,6 +52,8 @@ def test_measured_macs_equal_flop_counter_of_sliced_forward(case: str) -> None:
         assert measured.params == _sliced_param_count(model, counts), vector
         if keep is None:
             assert measured.params == sum(p.numel() for p in model.parameters())
+            full_checked += 1
+    assert full_checked == 1  # the zero vector: the full network was checked too
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
