@@ -38,8 +38,8 @@ GRID_POINTS = 200
 SUMMARY_COLUMNS = (
     "scenario", "overrides", "policy", "seeds", "target_accuracy", "reached",
     "never_reached_seeds", "time_to_target_s", "time_to_target_s_lo", "time_to_target_s_hi",
-    "speedup", "final_accuracy", "final_accuracy_lo", "final_accuracy_hi", "best_accuracy",
-    "best_accuracy_lo", "best_accuracy_hi", "rounds", "in_time_share")
+    "speedup", "speedup_bound", "final_accuracy", "final_accuracy_lo", "final_accuracy_hi",
+    "best_accuracy", "best_accuracy_lo", "best_accuracy_hi", "rounds", "in_time_share")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -87,12 +87,33 @@ def load_runs(out: Path) -> list[RunData]:
 # ----------------------------------------------------------------------------- statistics
 
 
+def natural_key(text: str) -> tuple[tuple[int, float, str], ...]:
+    """Sort key that orders the numbers inside labels by value: ``clients_per_round=2``
+    before ``=10``, ``rate=0.125`` before ``=0.25``, ``lr=1e-3`` before ``=1e-2``."""
+    out = []
+    for m in re.finditer(_NUMBER_OR_TEXT, text):
+        num, txt = m.group("num"), m.group("txt")
+        out.append((0, float(num), "") if num is not None else (1, 0.0, txt))
+    return tuple(out)
+
+
+# a number (a sign only right after '=' or ',', so 'a-1' stays text) or a run of other text
+_NUMBER_OR_TEXT = re.compile(r"(?P<num>(?:(?<=[=,])-)?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+                             r"|(?P<txt>(?:(?<![=,])-|[^\d-])+|-)")
+
+
 def time_to_target(run: RunData, target: float) -> float:
     """End time (s) of the first evaluated round whose accuracy is >= ``target``; nan if
     the run never reaches it."""
     t, acc = run.curve()
     hit = np.flatnonzero(acc >= target)
     return float(t[hit[0]]) if hit.size else math.nan
+
+
+def end_time(run: RunData) -> float:
+    """End time (s) of a run's last round; nan for a run without rounds."""
+    t = run.rounds["t_end_s"]
+    return float(t[-1]) if len(t) else math.nan
 
 
 def final_accuracy(run: RunData) -> float:
@@ -169,6 +190,9 @@ class Summary:
     best: Estimate
     rounds: float
     in_time_share: float
+    #: "" when ``speedup`` is exact; ">=" / "<=" when it is a lower / upper bound
+    #: because the baseline / the policy missed the target in some seeds
+    speedup_bound: str = ""
 
     @property
     def reached(self) -> int:
@@ -214,13 +238,16 @@ def summarise(runs: Sequence[RunData], target: float | None = None,
                         "(0, 1].")
     base = resolve_baseline(baseline, [r.policy for r in runs])
     out: list[Summary] = []
-    for setting in sorted({r.setting for r in runs}):
+    for setting in sorted({r.setting for r in runs},
+                          key=lambda st: (natural_key(st[0]), natural_key(st[1]))):
         in_setting = [r for r in runs if r.setting == setting]
         tgt = target if target is not None else default_target(in_setting)
-        policies = sorted({r.policy for r in in_setting}, key=lambda p: (p != base, p))
+        policies = sorted({r.policy for r in in_setting},
+                          key=lambda p: (p != base, natural_key(p)))
         rows = [_summary_of([r for r in in_setting if r.policy == p], tgt) for p in policies]
-        base_time = next((s.time_s.mean for s in rows if s.policy == base), math.nan)
-        out += [_with_speedup(s, base_time) for s in rows]
+        base_runs = [r for r in in_setting if r.policy == base]
+        out += [_with_speedup(s, base_runs, [r for r in in_setting if r.policy == s.policy],
+                              tgt, s.policy == base) for s in rows]
     return out
 
 
@@ -240,12 +267,55 @@ def _summary_of(runs: Sequence[RunData], target: float) -> Summary:
         in_time_share=completed / selected if selected else math.nan)
 
 
-def _with_speedup(s: Summary, base_time: float) -> Summary:
+def _censored_times(runs: Sequence[RunData], target: float
+                    ) -> dict[int, tuple[float, bool]]:
+    """Per seed: (time to target, True) if reached, else (the run's end time, False) --
+    the run ended without reaching it, so it needs more than that."""
+    out = {}
+    for r in runs:
+        t = time_to_target(r, target)
+        out[r.seed] = (t, True) if math.isfinite(t) else (end_time(r), False)
+    return out
+
+
+def speedup(base: dict[int, tuple[float, bool]], pol: dict[int, tuple[float, bool]]
+            ) -> tuple[float, str]:
+    """Ratio of mean times to target over the seeds both have (paired): (value, bound).
+
+    A seed that never reaches the target counts with its run's end time, a lower bound
+    on its time: a censored baseline makes the ratio a lower bound (">="), a censored
+    policy an upper bound ("<="), both together leave it unknown (nan). Leaving such
+    seeds out instead (a mean over the lucky seeds only) would credit a policy that
+    reaches the target once in five seeds with that one seed's speed.
+    """
+    common = sorted(set(base) & set(pol))
+    if not common:
+        return math.nan, ""
+    bt = [base[k][0] for k in common]
+    pt = [pol[k][0] for k in common]
+    b_cens = not all(base[k][1] for k in common)
+    p_cens = not all(pol[k][1] for k in common)
+    if (b_cens and p_cens) or not all(math.isfinite(x) for x in bt + pt):
+        return math.nan, ""
+    if all(not base[k][1] for k in common) or all(not pol[k][1] for k in common):
+        return math.nan, ""  # one side never reached it: nothing to compare but run lengths
+    bm, pm = float(np.mean(bt)), float(np.mean(pt))
+    if not pm > 0:
+        return math.nan, ""
+    return bm / pm, ">=" if b_cens else "<=" if p_cens else ""
+
+
+def _with_speedup(s: Summary, base_runs: Sequence[RunData], runs: Sequence[RunData],
+                  target: float, is_base: bool) -> Summary:
     from dataclasses import replace
 
-    # ratio of mean times: > 1 means the policy reaches the target sooner than the baseline
-    ok = math.isfinite(base_time) and math.isfinite(s.time_s.mean) and s.time_s.mean > 0
-    return replace(s, speedup=base_time / s.time_s.mean if ok else math.nan)
+    # > 1 means the policy reaches the target sooner than the baseline
+    if not base_runs:
+        return s
+    if is_base:
+        return replace(s, speedup=1.0 if s.time_s.n else math.nan)
+    value, bound = speedup(_censored_times(base_runs, target), _censored_times(runs, target))
+    return replace(s, speedup=value, speedup_bound=bound)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -263,7 +333,8 @@ def summary_csv(rows: Sequence[Summary]) -> str:
         w.writerow([
             s.scenario, s.overrides, s.policy, " ".join(map(str, s.seeds)), _num(s.target),
             s.reached, " ".join(map(str, s.never_reached)), _num(s.time_s.mean),
-            _num(s.time_s.lo), _num(s.time_s.hi), _num(s.speedup), _num(s.final.mean),
+            _num(s.time_s.lo), _num(s.time_s.hi), _num(s.speedup), s.speedup_bound,
+            _num(s.final.mean),
             _num(s.final.lo), _num(s.final.hi), _num(s.best.mean), _num(s.best.lo),
             _num(s.best.hi), _num(s.rounds), _num(s.in_time_share)])
     return buf.getvalue()
@@ -282,19 +353,36 @@ def _g(x: float, digits: int = 3) -> str:
 
 
 def _acc(e: Estimate) -> str:
-    return "–" if e.n == 0 else f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+    if e.n == 0:
+        return "–"
+    if e.n == 1:  # one value has no interval: [x, x] would read as a certain result
+        return f"{e.mean:.3f} (1 seed)"
+    return f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
 
 
 def _time(s: Summary, scale: float) -> str:
     e = s.time_s
     if e.n == 0:
         return "never"
+    if e.n == 1:
+        return f"{_g(e.mean / scale)} (1 seed)"
     return f"{_g(e.mean / scale)} [{_g(e.lo / scale)}, {_g(e.hi / scale)}]"
+
+
+_BOUND_MD = {"": "", ">=": "≥", "<=": "≤"}
+_BOUND_TEX = {"": "", ">=": "$\\geq$", "<=": "$\\leq$"}
+
+
+def _speedup(s: Summary, fmt: Callable[[float], str], marks: dict[str, str],
+             missing: str) -> str:
+    if not math.isfinite(s.speedup):
+        return missing
+    return marks[s.speedup_bound] + fmt(s.speedup)
 
 
 def _cells(s: Summary, scale: float) -> list[str]:
     return [s.policy, str(len(s.seeds)), _time(s, scale), f"{s.reached}/{len(s.seeds)}",
-            _g(s.speedup), _acc(s.final), _acc(s.best), _g(s.rounds),
+            _speedup(s, _g, _BOUND_MD, "–"), _acc(s.final), _acc(s.best), _g(s.rounds),
             "–" if math.isnan(s.in_time_share) else f"{s.in_time_share:.1%}"]
 
 
@@ -331,9 +419,14 @@ def report_md(out: Path, rows: Sequence[Summary], target: float | None,
         "- Time to target: end time (`t_end_s`) of the first evaluated round whose test "
         "accuracy is at least the target, in simulated time. Mean over the seeds that reach "
         "it; *Reached* counts them (the others are listed in `summary.csv`).",
+        "- Speedup: the baseline's mean time to target over the policy's, over the seeds "
+        "both have. A seed that never reaches the target counts with its run's end time, "
+        "which it would need more than: ≥ marks a lower bound (the baseline missed the "
+        "target in some seeds), ≤ an upper bound (the policy did); – where both did, or "
+        "one never reached it.",
         f"- Intervals: {CONFIDENCE:.0%} BCa bootstrap over seeds (`scipy.stats.bootstrap`, "
         f"{N_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); the percentile interval where BCa "
-        "is undefined (one seed, identical values).",
+        "is undefined (identical values); one seed has no interval (marked *1 seed*).",
         "- Final and best accuracy: last and highest evaluated test accuracy of a run.",
         "- In time: completed updates / selected devices, summed over rounds and seeds.",
         "- Figures: each seed's accuracy is interpolated linearly on a common time grid, "
@@ -359,6 +452,8 @@ def table_tex(rows: Sequence[Summary], baseline: str | None) -> str:
     def ci(e: Estimate, fmt: Callable[[float], str]) -> str:
         if e.n == 0:
             return "--"
+        if e.n == 1:
+            return f"{fmt(e.mean)} {{\\scriptsize(1 seed)}}"
         return f"{fmt(e.mean)} {{\\scriptsize[{fmt(e.lo)}, {fmt(e.hi)}]}}"
 
     def acc(x: float) -> str:
@@ -384,7 +479,7 @@ def table_tex(rows: Sequence[Summary], baseline: str | None) -> str:
                 tex_escape(s.policy), f"{s.target:.4g}" if j == 0 else "",
                 ci(s.time_s, tim) if s.time_s.n else "never",
                 f"{s.reached}/{len(s.seeds)}",
-                "--" if math.isnan(s.speedup) else f"{s.speedup:.2f}",
+                _speedup(s, lambda x: f"{x:.2f}", _BOUND_TEX, "--"),
                 ci(s.final, acc), ci(s.best, acc), _g(s.rounds),
                 "--" if math.isnan(s.in_time_share) else f"{100 * s.in_time_share:.1f}\\%",
             ]) + " \\\\")
