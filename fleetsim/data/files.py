@@ -30,6 +30,15 @@ def _missing(key: str, path: Path, what: str) -> UserError:
                      "(fleetsim downloads nothing); see docs/datasets.md.")
 
 
+def _check_labels(y: np.ndarray, classes: int, key: str, source: str) -> None:
+    """Labels must be class indices 0..classes-1 (the model has that many outputs)."""
+    bad = y[(y < 0) | (y >= classes)]
+    if bad.size:
+        raise UserError(f"data.options.{key}: {source} holds label {int(bad[0])} ({bad.size} "
+                        f"samples in all), outside the dataset's classes. Allowed: labels "
+                        f"0 to {classes - 1}.")
+
+
 def _split_groups(groups: list[np.ndarray], test_fraction: float, seed: int
                   ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
     """Per-writer split: each writer keeps ``1 - test_fraction`` of its samples for training.
@@ -41,7 +50,9 @@ def _split_groups(groups: list[np.ndarray], test_fraction: float, seed: int
     train, test, owner = [], [], []
     for k, g in enumerate(groups):
         g = rng.permutation(g)
-        n_test = round(len(g) * test_fraction) if len(g) > 1 else 0
+        # every writer keeps at least one training sample: a writer (device) with none
+        # would train on nothing
+        n_test = min(round(len(g) * test_fraction), len(g) - 1) if len(g) > 1 else 0
         test.append(g[:n_test])
         train.append(g[n_test:])
         owner.append(np.full(len(g) - n_test, k))
@@ -123,9 +134,10 @@ class Femnist(DatasetLoader):
         tr, te, g = _split_groups(groups, test_fraction, seed)
         return self._dataset(x[tr], y[tr], x[te], y[te], g)
 
-    @staticmethod
-    def _dataset(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
+    def _dataset(self, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
                  groups: tuple[np.ndarray, ...]) -> Dataset:
+        for labels in (y, yt):
+            _check_labels(labels, 62, "path", self.options.path)  # type: ignore[attr-defined]
         # LEAF stores ink as 0 and paper as 1 (TFF likewise); centre and scale for training
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(((a - 0.5) / 0.5).astype(np.float32)[:, None])
@@ -168,6 +180,8 @@ class _Cifar(DatasetLoader):
 
         x, y = read(self.train_files)
         xt, yt = read((self.test_file,))
+        for labels in (y, yt):
+            _check_labels(labels, self.classes, "root", str(root))
         mean = np.array([0.4914, 0.4822, 0.4465], np.float32)[None, :, None, None]
         std = np.array([0.247, 0.243, 0.261], np.float32)[None, :, None, None]
 

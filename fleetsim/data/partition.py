@@ -77,6 +77,10 @@ class IID(Partitioner):
               groups: tuple[np.ndarray, ...] | None = None) -> Partition:
         m = self.options.samples_per_device  # type: ignore[attr-defined]
         if m is not None:
+            if m > len(y):
+                raise UserError(f"data.partition.options.samples_per_device: {m} is more than "
+                                f"the {len(y)} training samples (a device draws its samples "
+                                "without repeats). Allowed: at most the training set's size.")
             return Partition.from_lists([rng.choice(len(y), m, replace=False)
                                          for _ in range(n_devices)])
         _need_samples(len(y), n_devices, "iid")
@@ -116,6 +120,11 @@ class Dirichlet(Partitioner):
                      for c, k in enumerate(counts) if k])))
             return Partition.from_lists(parts)
         _need_samples(len(y), n_devices, "dirichlet")
+        if n_devices * o.min_samples > len(y):  # no draw can succeed: say so at once
+            raise UserError(f"data.partition.options.min_samples: {o.min_samples} samples for "
+                            f"each of {n_devices} devices need {n_devices * o.min_samples}, "
+                            f"but there are {len(y)} training samples. Allowed: min_samples "
+                            f"of at most {len(y) // n_devices}, or samples_per_device.")
         for _ in range(1000):
             parts: list[list[np.ndarray]] = [[] for _ in range(n_devices)]
             for idx in by_class:
@@ -154,7 +163,8 @@ class Shards(Partitioner):
 @PARTITIONERS.register("natural")
 class Natural(Partitioner):
     """The dataset's own users (LEAF writers, synthetic users): device i holds user
-    ``i mod users``."""
+    ``i mod users``, counting only users with training samples (a user whose samples all
+    went to the test split has nothing to train on)."""
 
     def split(self, y: np.ndarray, n_devices: int, rng: np.random.Generator,
               groups: tuple[np.ndarray, ...] | None = None) -> Partition:
@@ -162,11 +172,26 @@ class Natural(Partitioner):
             raise UserError("data.partition.name: 'natural' needs a dataset with users "
                             "(synthetic, femnist). Allowed: iid, dirichlet, shards for this "
                             "dataset.")
-        return Partition.from_lists([groups[i % len(groups)] for i in range(n_devices)])
+        users = [g for g in groups if len(g)]
+        if not users:
+            raise UserError(f"data.partition.name: 'natural': none of the dataset's "
+                            f"{len(groups)} users has a training sample. Allowed: a smaller "
+                            "data.test_fraction, or users with samples.")
+        return Partition.from_lists([users[i % len(users)] for i in range(n_devices)])
 
 
 def make_partition(name: str, options: dict, y: np.ndarray, n_devices: int,
                    rng: np.random.Generator,
                    groups: tuple[np.ndarray, ...] | None = None) -> Partition:
     cls = PARTITIONERS.get(name)
-    return cls(cls.Options(**options)).split(y, n_devices, rng, groups)
+    part = cls(cls.Options(**options)).split(y, n_devices, rng, groups)
+    empty = np.flatnonzero(part.sizes() == 0)
+    if empty.size:
+        # A device without samples trains with batch size 0: steps of no MACs that arrive
+        # at once and carry weight 0 -- timings and selection quietly wrong, and no
+        # batches to draw in real training.
+        raise UserError(f"data.partition: the '{name}' partitioner gave device "
+                        f"{int(empty[0])} ({empty.size} devices in all) no training "
+                        f"samples. Allowed: a partition that gives each of the {n_devices} "
+                        "devices at least one sample.")
+    return part
