@@ -29,8 +29,10 @@ class DeviceReport:
 
     device: int
     round: int
-    status: str  # completed | late | dropped | not_needed
-    duration_s: float  # from round start to arrival (or drop / deadline)
+    status: str  # completed | late | dropped | not_needed | rejected | too_slow
+    #: from round start to arrival (or drop / deadline); for too_slow, the time one
+    #: mini-batch and the upload would have taken (inf: the device would never finish)
+    duration_s: float
     loss: float  # mean training loss (nan if unknown, e.g. timing-only runs)
     steps: int
     samples: int
@@ -178,7 +180,9 @@ class OortSelector(Selector):
         s = s + np.sqrt(o.staleness * math.log(round + 1) / np.maximum(last, 1))
         t_pref = self.preferred_s()
         dur = self.duration_s[devices]
-        slow = np.isfinite(dur) & (dur > t_pref)
+        # nan: not known yet, no penalty; inf (a device that would never finish) gets
+        # (T/inf)^alpha = 0 like any slower device, not the unknown device's free pass
+        slow = ~np.isnan(dur) & (dur > t_pref)
         s[slow] *= (t_pref / dur[slow]) ** o.alpha
         return s
 
@@ -189,7 +193,8 @@ class OortSelector(Selector):
         # online: a huge fleet's traces are then never all built
         explored = np.array([d for d in np.flatnonzero(self.explored).tolist() if is_online(d)],
                             dtype=int)
-        n_exploit = min(explored.size, int((1.0 - self.epsilon(round)) * n))
+        # floor with a tolerance: (1 - 0.3) * 90 is 62.99999999999999 in floating point
+        n_exploit = min(explored.size, math.floor((1.0 - self.epsilon(round)) * n + 1e-9))
         fresh = self._fresh_online(n - n_exploit, is_online, rng)
         if fresh.size < n - n_exploit:  # too few unexplored devices: exploit more
             n_exploit = min(explored.size, n - fresh.size)
