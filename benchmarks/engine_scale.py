@@ -60,8 +60,7 @@ output: {{plot: false}}
 
 def child(devices: int, rounds: int, per_round: int) -> None:
     """One size, in this process: prints a JSON line of figures."""
-    from fleetsim.run import build
-    from fleetsim.scenario import load_scenario
+    from fleetsim.build import build, load_scenario
 
     t0 = time.perf_counter()
     sc = load_scenario(None, text=SCENARIO.format(devices=devices, rounds=rounds,

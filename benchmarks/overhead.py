@@ -188,9 +188,8 @@ def prepare(scenario: str, overrides: list[str], work: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from fleetsim.build import load_scenario, run_scenario, trainer_settings
     from fleetsim.data.datasets import stratified_split
-    from fleetsim.run import run_scenario
-    from fleetsim.scenario import load_scenario
     from fleetsim.training import Trainer, batch_indices
 
     sc = load_scenario(scenario, overrides)
@@ -202,7 +201,8 @@ def prepare(scenario: str, overrides: list[str], work: Path) -> dict[str, Any]:
         raise SystemExit("overhead.py: needs policy fedavg, backend inprocess, 1 thread")
     timing = load_scenario(scenario, [*overrides, "training.mode=timing"])
     log = run_scenario(timing)
-    trainer = Trainer(sc)  # the partition, and the initial model every process builds
+    # the partition, and the initial model every process builds
+    trainer = Trainer(trainer_settings(sc))
     init_path = work / "init.pt"
     torch.save(trainer.initial_state(), init_path)
     done = sorted((o.round, o.device, o.steps) for o in log.timeline

@@ -51,7 +51,7 @@ def part_write(devices: int, out: Path) -> dict[str, float]:
 
 
 def part_run(devices: int, rounds: int) -> dict[str, float]:
-    from fleetsim.run import build
+    from fleetsim.build import build
     from fleetsim.scenario import Scenario
 
     sc = Scenario.model_validate({

@@ -195,13 +195,13 @@ def prepare(cfg: dict[str, Any], work: Path) -> Path:
     import numpy as np
     import torch
 
-    from fleetsim.scenario import load_scenario
+    from fleetsim.build import load_scenario, trainer_settings
     from fleetsim.training import Trainer
 
     text = SCENARIO.format(**cfg)
     scenario = work / "vs-flower.yaml"
     scenario.write_text(text)
-    trainer = Trainer(load_scenario(scenario))
+    trainer = Trainer(trainer_settings(load_scenario(scenario)))
     torch.save(trainer.initial_state(), work / "init.pt")
     ds, part = trainer.data, trainer.partition
     np.savez(work / "data.npz", x_train=ds.x_train.numpy(), y_train=ds.y_train.numpy(),

@@ -5,4 +5,16 @@ device's choice of dropout vector sets both the simulated time of its training s
 the real PyTorch sub-network that is trained.
 """
 
-__version__ = "0.1.0"
+from fleetsim._version import __version__ as __version__
+
+__all__ = ["Result", "__version__", "compare", "load_scenario", "run"]
+
+
+def __getattr__(name: str) -> object:
+    # The API is imported on first use, so that `import fleetsim` (and the CLI's start-up,
+    # and every worker process) does not pay for torch, SimPy and pandas up front.
+    if name in ("Result", "compare", "load_scenario", "run"):
+        from fleetsim import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fleetsim' has no attribute {name!r}")

@@ -9,6 +9,7 @@ gives the same bits whichever backend trained it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -17,18 +18,36 @@ from torch import Tensor
 from fleetsim.data import Dataset, Partition
 from fleetsim.errors import UserError
 from fleetsim.registry import Registry
-from fleetsim.scenario import Scenario
-from fleetsim.training import Trainer, UpdateJob, UpdateResult
+from fleetsim.training import Trainer, TrainerSettings, UpdateJob, UpdateResult
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where training runs: ``name`` (a registered backend), its worker processes or Ray
+    actors, and a Ray cluster address (None: a local Ray)."""
+
+    name: str = "inprocess"
+    workers: int = 1
+    ray_address: str | None = None
 
 
 class Backend:
-    """Base: owns a main-process :class:`Trainer` for the initial model and evaluation."""
+    """Base: owns a main-process :class:`Trainer` for the initial model and evaluation.
+
+    Parameters
+    ----------
+    settings : what training needs (every worker builds its trainer from it)
+    where : workers and addresses
+    trainer : a main-process trainer already built from ``settings``
+    """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, sc: Scenario, trainer: Trainer | None = None) -> None:
-        self.sc = sc
-        self.trainer = trainer or Trainer(sc)
+    def __init__(self, settings: TrainerSettings, where: BackendSettings | None = None,
+                 trainer: Trainer | None = None) -> None:
+        self.settings = settings
+        self.where = where or BackendSettings(self.name)
+        self.trainer = trainer or Trainer(settings)
 
     def initial_state(self) -> dict[str, Tensor]:
         return self.trainer.initial_state()
@@ -75,10 +94,9 @@ class InProcess(Backend):
 _WORKER: dict[str, Any] = {}
 
 
-def _pool_init(scenario_json: str, shared: dict[str, Tensor],
+def _pool_init(settings: TrainerSettings, shared: dict[str, Tensor],
                data: tuple[Dataset, Partition]) -> None:
-    sc = Scenario.model_validate_json(scenario_json)
-    _WORKER["trainer"] = Trainer(sc, data)
+    _WORKER["trainer"] = Trainer(settings, data)
     _WORKER["state"] = shared
 
 
@@ -98,7 +116,8 @@ class Pool(Backend):
 
     name = "pool"
 
-    def __init__(self, sc: Scenario, trainer: Trainer | None = None) -> None:
+    def __init__(self, settings: TrainerSettings, where: BackendSettings | None = None,
+                 trainer: Trainer | None = None) -> None:
         from multiprocessing import forkserver
 
         import torch.multiprocessing as mp
@@ -109,13 +128,13 @@ class Pool(Backend):
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["fleetsim.training"])
         forkserver.ensure_running()
-        super().__init__(sc, trainer)
+        super().__init__(settings, where, trainer)
         self.shared = {k: v.clone().share_memory_() for k, v in self.initial_state().items()}
         ds = self.trainer.data
         for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
             t.share_memory_()  # in place: pickling to a worker then sends a handle
-        self.pool = ctx.Pool(sc.training.workers, initializer=_pool_init,
-                             initargs=(sc.model_dump_json(), self.shared,
+        self.pool = ctx.Pool(self.where.workers, initializer=_pool_init,
+                             initargs=(settings, self.shared,
                                        (ds, self.trainer.partition)))
 
     def train(self, state: Mapping[str, Tensor], jobs: Sequence[UpdateJob]
@@ -144,8 +163,9 @@ class RayBackend(Backend):
 
     name = "ray"
 
-    def __init__(self, sc: Scenario, trainer: Trainer | None = None) -> None:
-        super().__init__(sc, trainer)
+    def __init__(self, settings: TrainerSettings, where: BackendSettings | None = None,
+                 trainer: Trainer | None = None) -> None:
+        super().__init__(settings, where, trainer)
         try:
             import ray
         except ImportError:
@@ -154,14 +174,13 @@ class RayBackend(Backend):
                             "inprocess or pool.") from None
         self.ray = ray
         if not ray.is_initialized():
-            if sc.training.ray_address:
-                ray.init(address=sc.training.ray_address, log_to_driver=False)
+            if self.where.ray_address:
+                ray.init(address=self.where.ray_address, log_to_driver=False)
             else:
-                ray.init(num_cpus=sc.training.workers, include_dashboard=False,
+                ray.init(num_cpus=self.where.workers, include_dashboard=False,
                          log_to_driver=False)
         actor = ray.remote(num_cpus=1)(_RayTrainer)
-        text = sc.model_dump_json()
-        self.actors = [actor.remote(text) for _ in range(sc.training.workers)]
+        self.actors = [actor.remote(settings) for _ in range(self.where.workers)]
 
     def train(self, state: Mapping[str, Tensor], jobs: Sequence[UpdateJob]
               ) -> Iterator[UpdateResult]:
@@ -178,12 +197,12 @@ class RayBackend(Backend):
 
 
 class _RayTrainer:
-    def __init__(self, scenario_json: str) -> None:
-        self.trainer = Trainer(Scenario.model_validate_json(scenario_json))
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.trainer = Trainer(settings)
 
     def train(self, state: Mapping[str, Tensor], job: UpdateJob) -> UpdateResult:
         return self.trainer.train(state, job)
 
 
-def make_backend(sc: Scenario) -> Backend:
-    return BACKENDS.get(sc.training.backend)(sc)
+def make_backend(settings: TrainerSettings, where: BackendSettings) -> Backend:
+    return BACKENDS.get(where.name)(settings, where)

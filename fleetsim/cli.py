@@ -39,16 +39,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fleetsim.build import build, load_scenario, trackers
     from fleetsim.results import write_run
-    from fleetsim.run import build
-    from fleetsim.scenario import load_scenario
 
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     sc = load_scenario(args.scenario, overrides)
     out = Path(args.out) if args.out else Path("runs") / sc.name / f"seed-{sc.seed}"
     check_output_dir(out, "--out")  # before the run, not after it
     t0 = time.perf_counter()
-    built = build(sc, args.scenario, progress=not args.quiet)
+    built = build(sc, args.scenario, progress=not args.quiet, callbacks=trackers(sc, out))
     try:
         log = built.engine.run()
     finally:
@@ -97,8 +96,8 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_dse(args: argparse.Namespace) -> int:
-    from fleetsim.dse import run_dse, write_front
-    from fleetsim.scenario import load_scenario
+    from fleetsim.build import load_scenario, run_dse
+    from fleetsim.dse import write_front
 
     overrides = list(args.overrides)
     if args.workers is not None:

@@ -197,7 +197,7 @@ def _out_dir_ok(out: str) -> None:
 
 
 def cmd_traces_generate(args: argparse.Namespace) -> int:
-    from fleetsim.components import check_options
+    from fleetsim.build import check_options
     from fleetsim.scenario import parse_overrides
     from fleetsim.traces.generators import GENERATORS
     from fleetsim.traces.source import GeneratedTraces

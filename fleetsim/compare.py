@@ -31,9 +31,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from fleetsim.build import load_scenario
+from fleetsim.config import Scenario
 from fleetsim.errors import UserError
 from fleetsim.results import atomic_write_bytes, write_files
-from fleetsim.scenario import Scenario, load_scenario
 
 #: the file whose presence marks a complete cell (written last, atomically)
 DONE_FILE = "run.h5"
@@ -368,9 +369,9 @@ def compute_cell(task: CellTask) -> CellOutcome:
     Runs in a worker (a fresh local process or a Ray task). It writes into a private
     temporary folder and returns the bytes, so the driver alone writes ``DIR``.
     """
+    from fleetsim.build import run_scenario
+    from fleetsim.plugins import load_plugins
     from fleetsim.results import write_run
-    from fleetsim.run import run_scenario
-    from fleetsim.scenario import load_plugins
 
     t0 = time.perf_counter()
     try:
@@ -434,7 +435,7 @@ def run_local(tasks: Sequence[CellTask], jobs: int, on_done: OnDone) -> None:
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["fleetsim.compare", "fleetsim.run", "fleetsim.results"])
+    ctx.set_forkserver_preload(["fleetsim.compare", "fleetsim.build", "fleetsim.results"])
 
     def spawn() -> _Worker:
         here, there = ctx.Pipe()
@@ -591,7 +592,8 @@ def prepare_fronts(tasks: Sequence[CellTask], progress: bool = True) -> None:
     (with the DSE's own worker pool) keeps parallel cells from each searching the same
     front at the same time.
     """
-    from fleetsim.dse import front_for, settings_digest
+    from fleetsim.build import dse_job, front_for
+    from fleetsim.dse import settings_digest
     from fleetsim.policies import POLICIES
 
     seen: set[tuple[str, int, int]] = set()
@@ -600,7 +602,7 @@ def prepare_fronts(tasks: Sequence[CellTask], progress: bool = True) -> None:
         cls = POLICIES.get(sc.policy.name)
         if "front" not in cls.Options.model_fields or sc.policy.options.get("front"):
             continue
-        key = (settings_digest(sc), sc.dse.population, sc.dse.generations)
+        key = (settings_digest(dse_job(sc)), sc.dse.population, sc.dse.generations)
         if key not in seen:
             seen.add(key)
             front_for(sc, progress=progress)

@@ -36,7 +36,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fleetsim import __version__
+from fleetsim._version import __version__
+from fleetsim.config import DseConfig
+from fleetsim.costs import CostModel
 from fleetsim.data import Dataset, Partition
 from fleetsim.errors import UserError
-from fleetsim.scenario import Scenario
-from fleetsim.training import Trainer, UpdateJob
+from fleetsim.nn import DroppableNet
+from fleetsim.training import Trainer, TrainerSettings, UpdateJob
 
 Vector = tuple[float, ...]
 PROXY_CAP = 1e3
@@ -96,14 +98,29 @@ def non_dominated(cost: np.ndarray, proxy: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- settings
 
 
-def settings_digest(sc: Scenario) -> str:
+@dataclass(frozen=True)
+class DSEJob:
+    """What a design-space exploration needs: its own settings, how to train candidates,
+    and the backward factor of the cost model (part of what a cached result depends on)."""
+
+    dse: DseConfig
+    trainer: TrainerSettings
+    backward_factor: float = 2.0
+    #: digest of the cost settings that time candidates (costs section, calibration
+    #: file's content): part of the cached front's name, so a front timed with other
+    #: costs is never reused
+    costs_key: str = ""
+
+
+def settings_digest(job: DSEJob) -> str:
     """Hash of everything that changes an evaluation's result."""
+    t = job.trainer
     key = {
-        "data": sc.data.model_dump(mode="json"), "model": sc.model.model_dump(mode="json"),
-        "batch": sc.training.batch_size, "optimizer": sc.training.optimizer.model_dump(),
-        "dse": sc.dse.model_dump(mode="json", exclude={"workers", "cache_dir", "population",
-                                                        "generations"}),
-        "backward_factor": sc.costs.backward_factor, "version": 1,
+        "data": t.data.model_dump(mode="json"), "model": t.model.model_dump(mode="json"),
+        "batch": t.batch_size, "optimizer": t.optimizer.model_dump(),
+        "dse": job.dse.model_dump(mode="json", exclude={"workers", "cache_dir", "population",
+                                                         "generations"}),
+        "backward_factor": job.backward_factor, "version": 1,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -114,16 +131,16 @@ def settings_digest(sc: Scenario) -> str:
 class Evaluator:
     """Trains candidates from the warm start and measures their validation loss."""
 
-    def __init__(self, sc: Scenario, warm: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, job: DSEJob, warm: dict[str, torch.Tensor] | None = None) -> None:
         # One "device" holding the DSE's training split: the trainer's machinery (sliced
         # sub-networks, per-step channel streams, masked SGD) is reused unchanged.
-        self.sc = sc
-        t = Trainer(sc)
+        self.cfg = cfg = job.dse
+        t = Trainer(job.trainer)
         ds = t.data
         n = len(ds.y_train)
-        rng = np.random.default_rng(sc.dse.seed)
+        rng = np.random.default_rng(cfg.seed)
         perm = rng.permutation(n)
-        n_val = max(1, round(n * sc.dse.val_fraction))
+        n_val = max(1, round(n * cfg.val_fraction))
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         t.partition = Partition(train.astype(np.int64), np.array([0, len(train)]))
         t.data = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_train[val], ds.y_train[val],
@@ -135,7 +152,7 @@ class Evaluator:
 
     def _warm_start(self) -> dict[str, torch.Tensor]:
         state = self.trainer.initial_state()
-        steps = self.sc.dse.warmup_steps
+        steps = self.cfg.warmup_steps
         if steps == 0:
             return state
         zero = (0.0,) * len(self.trainer.model.groups)
@@ -154,8 +171,8 @@ class Evaluator:
     def proxy(self, vector: Vector) -> float:
         """Validation loss after the budget, averaged over ``repeats`` streams."""
         losses = []
-        for rep in range(self.sc.dse.repeats):
-            job = UpdateJob(0, rep, 1.0, (tuple(vector),), (0,) * self.sc.dse.budget_steps)
+        for rep in range(self.cfg.repeats):
+            job = UpdateJob(0, rep, 1.0, (tuple(vector),), (0,) * self.cfg.budget_steps)
             losses.append(self.val_loss(dict(self.trainer.train(self.warm, job).update.state)))
         return float(np.mean(losses))
 
@@ -163,9 +180,9 @@ class Evaluator:
 _EVAL: dict[str, Evaluator] = {}
 
 
-def _init_worker(scenario_json: str, warm: dict[str, torch.Tensor]) -> None:
+def _init_worker(job: DSEJob, warm: dict[str, torch.Tensor]) -> None:
     torch.set_num_threads(1)
-    _EVAL["e"] = Evaluator(Scenario.model_validate_json(scenario_json), warm)
+    _EVAL["e"] = Evaluator(job, warm)
 
 
 def _work(vector: Vector) -> float:
@@ -204,8 +221,13 @@ class Cache:
         os.replace(tmp, self.path)
 
 
-def run_dse(sc: Scenario, progress: bool = True) -> tuple[Front, dict[str, np.ndarray]]:
-    """Search the front for scenario ``sc``; returns it and every evaluated point."""
+def run_dse(job: DSEJob, make_costs: Callable[[DroppableNet], CostModel],
+            progress: bool = True) -> tuple[Front, dict[str, np.ndarray]]:
+    """Search the front; returns it and every evaluated point.
+
+    ``make_costs`` builds the cost model of the DSE's network (the scenario's cost
+    settings and calibration), which times each candidate.
+    """
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.problem import Problem
     from pymoo.operators.crossover.sbx import SBX
@@ -213,18 +235,16 @@ def run_dse(sc: Scenario, progress: bool = True) -> tuple[Front, dict[str, np.nd
     from pymoo.operators.repair.rounding import RoundingRepair
     from pymoo.optimize import minimize
 
-    from fleetsim.run import cost_model
-
-    cfg = sc.dse
+    cfg = job.dse
     t0 = time.perf_counter()
-    base = Evaluator(sc)
+    base = Evaluator(job)
     groups = tuple((g.name, g.channels) for g in base.trainer.model.groups)
-    costs = cost_model(sc, base.trainer.model)
+    costs = make_costs(base.trainer.model)
     grid = np.asarray(cfg.grid, dtype=np.float64)
     n_var = len(groups)
-    digest = settings_digest(sc)
+    digest = settings_digest(job)
     cache = Cache(cfg.cache_dir, digest)
-    batch = min(sc.training.batch_size, base.n_train)
+    batch = min(job.trainer.batch_size, base.n_train)
     evaluated: dict[Vector, tuple[float, float]] = {}
 
     pool = None
@@ -233,7 +253,7 @@ def run_dse(sc: Scenario, progress: bool = True) -> tuple[Front, dict[str, np.nd
 
         ctx = mp.get_context("forkserver")
         pool = ctx.Pool(cfg.workers, initializer=_init_worker,
-                        initargs=(sc.model_dump_json(), base.warm))
+                        initargs=(job, base.warm))
     bar = tqdm(total=cfg.population * cfg.generations, desc="dse", unit="cand",
                disable=not progress, leave=False)
 
@@ -287,8 +307,9 @@ def run_dse(sc: Scenario, progress: bool = True) -> tuple[Front, dict[str, np.nd
     proxy = np.array([evaluated[v][1] for v in vecs])
     idx = non_dominated(cost, proxy)
     idx = idx[np.argsort(proxy[idx], kind="stable")]
-    meta = {"arch": sc.model.arch, "digest": digest, "settings": sc.dse.model_dump(mode="json"),
-            "batch_size": batch, "dataset": sc.data.dataset, "wall_s": time.perf_counter() - t0,
+    meta = {"arch": job.trainer.model.arch, "digest": digest,
+            "settings": cfg.model_dump(mode="json"), "batch_size": batch,
+            "dataset": job.trainer.data.dataset, "wall_s": time.perf_counter() - t0,
             "proxy": f"validation loss after {cfg.budget_steps} mini-batches from a "
                      f"{cfg.warmup_steps}-step warm start", "fleetsim_version": __version__,
             "full_macs": costs.step_macs(None, batch), "baseline_proxy": base.baseline,
@@ -334,12 +355,38 @@ def read_front(path: str | os.PathLike[str], source: str | None = None,
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != "fleetsim-front":
                 raise OSError("not a fleetsim front file")
-            return Front(tuple(tuple(g) for g in json.loads(f.attrs["groups"])),
-                         f["front/vectors"][:], f["front/macs"][:], f["front/proxy"][:],
-                         json.loads(f.attrs["meta"]))
-    except (OSError, KeyError, ValueError) as exc:
+            front = Front(tuple(tuple(g) for g in json.loads(f.attrs["groups"])),
+                          f["front/vectors"][:], f["front/macs"][:], f["front/proxy"][:],
+                          json.loads(f.attrs["meta"]))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{where}{path} cannot be read as a front file ({exc}). Allowed: a "
                         "file written by `fleetsim dse`.") from None
+    problem = _front_problem(front)
+    if problem:
+        raise UserError(f"{where}front file {path}: {problem}. Allowed: a file written by "
+                        "`fleetsim dse` (one row of rates in [0, 1) per point, one rate per "
+                        "group, a finite MAC count and proxy per point).")
+    return front
+
+
+def _front_problem(front: Front) -> str | None:
+    """What makes a front unusable by a policy (None: nothing)."""
+    v, macs, proxy = front.vectors, front.macs, front.proxy
+    n_groups = len(front.groups)
+    if v.ndim != 2 or v.shape[1] != n_groups:
+        return (f"front/vectors has shape {v.shape}, not (points, {n_groups}) for its "
+                f"{n_groups} groups")
+    if v.shape[0] == 0:
+        return "the front has no vectors"
+    for name, a in (("macs", macs), ("proxy", proxy)):
+        if a.shape != (v.shape[0],):
+            return f"front/{name} has shape {a.shape}, not ({v.shape[0]},) like the vectors"
+    if not np.issubdtype(v.dtype, np.number) or not np.all((v >= 0) & (v < 1)):
+        return "front/vectors holds rates outside [0, 1)"
+    for name, a in (("macs", macs), ("proxy", proxy)):
+        if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+            return f"front/{name} holds a value that is not a finite number"
+    return None
 
 
 def read_evaluated(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -382,11 +429,18 @@ def plot_front(path: Path, front: Front, evaluated: dict[str, np.ndarray]) -> No
     os.replace(tmp, path)
 
 
-def front_for(sc: Scenario, progress: bool = True) -> Path:
-    """The front file of ``sc``'s DSE settings, computed once and cached by digest."""
-    path = Path(sc.dse.cache_dir) / f"front-{settings_digest(sc)}-p{sc.dse.population}" \
-        f"g{sc.dse.generations}.h5"
+def front_path(job: DSEJob) -> Path:
+    """Where the front of ``job``'s settings is cached."""
+    cfg = job.dse
+    return Path(cfg.cache_dir) / f"front-{settings_digest(job)}-p{cfg.population}" \
+        f"g{cfg.generations}-c{job.costs_key}.h5"
+
+
+def front_for(job: DSEJob, make_costs: Callable[[DroppableNet], CostModel],
+              progress: bool = True) -> Path:
+    """The front file of ``job``'s settings, computed once and cached by digest."""
+    path = front_path(job)
     if not path.is_file():
-        front, evaluated = run_dse(sc, progress)
+        front, evaluated = run_dse(job, make_costs, progress)
         write_front(path, front, evaluated)
     return path

@@ -19,23 +19,22 @@ import dataclasses
 import gc
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import simpy
 import torch
-from tqdm import tqdm
 
 from fleetsim.backends import Backend
+from fleetsim.callbacks import Callback
 from fleetsim.costs import CostModel
 from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
 from fleetsim.nn.slicing import keep_share
 from fleetsim.policies.base import Assignment, Policy, StepObservation, check_vector
 from fleetsim.rng import stream
-from fleetsim.scenario import Scenario
 from fleetsim.server.aggregation import AGGREGATORS
 from fleetsim.server.selection import DeviceReport, Selector
 from fleetsim.training import UpdateJob
@@ -101,32 +100,62 @@ class RunLog:
     events: int = 0
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """The server's rules for one run (from the scenario's training and eval sections).
+
+    Attributes
+    ----------
+    name : the run's name, for messages and the progress bar
+    seed : the run's seed (selection, assignment and policy streams)
+    rounds, time_budget_s : when the run ends (either may be None, not both)
+    clients_per_round : K
+    deadline_s : round deadline after its start (None: none)
+    local_steps, batch_size : the devices' local work
+    idle_wait_s : retry interval when no device is online
+    server_time_s : simulated aggregation time per round
+    eval_every_rounds : evaluate the global model every this many rounds (and the last)
+    policy_name : the policy's registered name, for messages about its decisions
+    """
+
+    name: str
+    seed: int
+    rounds: int | None
+    time_budget_s: float | None
+    clients_per_round: int
+    deadline_s: float | None
+    local_steps: int
+    batch_size: int
+    idle_wait_s: float = 60.0
+    server_time_s: float = 0.0
+    eval_every_rounds: int = 1
+    policy_name: str = ""
+
+
 class Engine:
     """Runs one scenario with one seed.
 
     Parameters
     ----------
-    sc : the validated scenario
-    fleet, costs, policy, selector : built from the scenario (see :func:`fleetsim.run.build`)
+    settings : the server's rules
+    fleet, costs, policy, selector : the parts (see :func:`fleetsim.build.build`)
     backend : where training runs; None in timing-only mode
     n_samples : training samples per device
-    progress : show a progress bar
-    on_round : called with each finished round's row (for live output)
+    callbacks : told of every finished round and of the run's end (progress bar,
+        trackers, the results writer, users' own code)
     """
 
-    def __init__(self, sc: Scenario, fleet: Fleet, costs: CostModel, policy: Policy,
-                 selector: Selector, backend: Backend | None, n_samples: np.ndarray,
-                 progress: bool = False,
-                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.sc = sc
+    def __init__(self, settings: EngineSettings, fleet: Fleet, costs: CostModel,
+                 policy: Policy, selector: Selector, backend: Backend | None,
+                 n_samples: np.ndarray, callbacks: Sequence[Callback] = ()) -> None:
+        self.settings = settings
         self.fleet = fleet
         self.costs = costs
         self.policy = policy
         self.selector = selector
         self.backend = backend
         self.n_samples = n_samples
-        self.progress = progress
-        self.on_round = on_round
+        self.callbacks = tuple(callbacks)
         self.env = simpy.Environment()
         self.log = RunLog()
         self.groups = costs.groups
@@ -143,10 +172,8 @@ class Engine:
 
     def run(self) -> RunLog:
         t0 = time.perf_counter()
-        tr = self.sc.training
-        bar = tqdm(total=tr.rounds, desc=self.sc.name, unit="round", disable=not self.progress,
-                   dynamic_ncols=True, leave=False)
-        self._bar = bar
+        for cb in self.callbacks:
+            cb.on_run_start(self.settings)
         # Everything built so far (torch, the model, the data, the fleet) lives for the whole
         # run: freezing it keeps the garbage collector's full passes, which a long run
         # triggers again and again, from walking it each time (~10-15% of a timing-only
@@ -160,23 +187,24 @@ class Engine:
         finally:
             if freeze:
                 gc.unfreeze()
-        bar.close()
         self.log.wall_s = time.perf_counter() - t0
         # SimPy numbers every scheduled event from one counter, and run() processes them all
         self.log.events = next(self.env._eid)
+        for cb in self.callbacks:
+            cb.on_run_end(self.log)
         return self.log
 
     def _done(self, r: int) -> bool:
-        tr = self.sc.training
+        tr = self.settings
         if tr.rounds is not None and r >= tr.rounds:
             return True
         return tr.time_budget_s is not None and self.env.now >= tr.time_budget_s
 
     def _server(self) -> Iterator[simpy.events.Event]:
-        env, sc = self.env, self.sc
-        k = sc.training.clients_per_round
-        deadline_s = sc.training.deadline_s
-        budget_s = sc.training.time_budget_s
+        env, cfg = self.env, self.settings
+        k = cfg.clients_per_round
+        deadline_s = cfg.deadline_s
+        budget_s = cfg.time_budget_s
         r = 0
         idle = 0
         last_eval = -1
@@ -185,17 +213,17 @@ class Engine:
             plan = self.policy.plan(r, k)
             selected = self.selector.select(
                 r, t_start, plan.select, lambda d, t=t_start: self.fleet.online_at(d, t),
-                stream(sc.seed, "select", r))
+                stream(cfg.seed, "select", r))
             if not selected:
                 idle += 1
                 if idle > MAX_IDLE_WAITS:
                     raise UserError(
-                        f"{sc.name}: no device was online for {idle - 1} server retries in a "
-                        f"row ({(idle - 1) * sc.training.idle_wait_s:g} simulated seconds "
-                        f"from t={env.now - (idle - 1) * sc.training.idle_wait_s:g} s), so the "
+                        f"{cfg.name}: no device was online for {idle - 1} server retries in a "
+                        f"row ({(idle - 1) * cfg.idle_wait_s:g} simulated seconds "
+                        f"from t={env.now - (idle - 1) * cfg.idle_wait_s:g} s), so the "
                         "run cannot go on. Allowed: traces in which devices come online "
                         "(check with `fleetsim traces show`), or a time_budget_s.")
-                yield env.timeout(sc.training.idle_wait_s)
+                yield env.timeout(cfg.idle_wait_s)
                 continue
             idle = 0
             selected = sorted(selected)
@@ -205,7 +233,7 @@ class Engine:
                 # the round running when the budget ends closes then, as at a deadline:
                 # no result of a run lies past its time budget
                 cutoff = min(cutoff, budget_s)
-            rng_assign = stream(sc.seed, "assign", r)
+            rng_assign = stream(cfg.seed, "assign", r)
             outcomes = []
             for d in selected:
                 a = self.policy.assign(r, d, int(self.fleet.class_of[d]), rng_assign)
@@ -230,9 +258,9 @@ class Engine:
             self._close(outcomes, t_end, cutoff, plan.keep)
             done = [o for o in outcomes if o.status == "completed"]
             losses = self._aggregate(done)
-            yield env.timeout(sc.training.server_time_s)
+            yield env.timeout(cfg.server_time_s)
             acc = loss = math.nan
-            if self.backend is not None and (r % sc.eval.every_rounds == 0
+            if self.backend is not None and (r % cfg.eval_every_rounds == 0
                                              or self._done(r + 1)):
                 acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
                 last_eval = r
@@ -245,13 +273,11 @@ class Engine:
                              o.need_s if o.status == "too_slow" else o.t_end - t_start,
                              losses.get(o.device, math.nan), o.steps,
                              int(self.n_samples[o.device])) for o in outcomes])
-            if self.on_round:
-                self.on_round(row)
-            self._bar.update(1)
-            self._bar.set_postfix(acc=f"{acc:.3f}" if not math.isnan(acc) else "-",
-                                  sim_h=f"{env.now / 3600:.2f}")
+            for cb in self.callbacks:
+                cb.on_round_end(row)
             r += 1
         if self.backend is not None and last_eval != r - 1 and self.log.rounds:
+            # the run ended by its time budget after a round that was not evaluated
             acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
             self.log.rounds[-1].update(accuracy=acc, loss=loss)
 
@@ -291,7 +317,7 @@ class Engine:
         # train: decisions and step times are exact and need no events of their own
         peak = float(fleet.peak_macs_per_s[d])
         n = int(self.n_samples[d])
-        batch = min(self.sc.training.batch_size, n)
+        batch = min(self.settings.batch_size, n)
         deadline_abs = t_start + deadline_s if deadline_s is not None else INF
         vectors: dict[tuple[float, ...], int] = {}
         step_vec: list[int] = []
@@ -308,21 +334,21 @@ class Engine:
                             ) -> tuple[float, ...] | None:
                 return fixed if step < n_fixed else None
         else:
-            rng = stream(self.sc.seed, "policy", out.round, d)
+            rng = stream(self.settings.seed, "policy", out.round, d)
             cls = int(fleet.class_of[d])
             # A deciding policy that never says stop would hang the engine where nothing
             # else ends the round (the server waits for every device): that is the
             # policy's bug, so it is an error, never a silent truncation.
-            cap = (MAX_STEPS_FACTOR * max(self.sc.training.local_steps,
+            cap = (MAX_STEPS_FACTOR * max(self.settings.local_steps,
                                           self.policy.steps_of(a))
                    if cutoff == INF else MAX_STEPS_HARD)
-            name, n_groups = self.sc.policy.name, len(self.groups)
+            name, n_groups = self.settings.policy_name, len(self.groups)
 
             def next_vector(step: int, t: float, last: tuple[float, ...] | None
                             ) -> tuple[float, ...] | None:
                 if step >= cap:
                     raise UserError(
-                        f"policy '{self.sc.policy.name}' did not stop: device {d} was still "
+                        f"policy '{self.settings.policy_name}' did not stop: device {d} was still "
                         f"asked for mini-batch {step + 1} in round {out.round} (at most "
                         f"{cap} are allowed when nothing else ends the round). Allowed: a "
                         "policy whose decide() returns STOP, a deadline_s, or "
@@ -386,7 +412,7 @@ class Engine:
     def _checked(self, a: Assignment) -> Assignment:
         """``a`` with its sub-model vector checked (a policy is user code)."""
         if a.submodel is not None:
-            v = check_vector(self.sc.policy.name, a.submodel, len(self.groups),
+            v = check_vector(self.settings.policy_name, a.submodel, len(self.groups),
                              "assign().submodel")
             if v != a.submodel:
                 a = dataclasses.replace(a, submodel=v)
@@ -416,7 +442,7 @@ class Engine:
             return  # over-commitment: the first K arrivals close the round
         o = stuck[0]
         raise UserError(
-            f"{self.sc.name}: round {r}: device {o.device} (class "
+            f"{self.settings.name}: round {r}: device {o.device} (class "
             f"'{self.fleet.class_name(o.device)}') can never finish its mini-batch started "
             f"at t={o.plan.work[-1][0] if o.plan and o.plan.work else o.t_start:g} s: its "
             "availability stays 0 "

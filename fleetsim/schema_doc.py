@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from fleetsim.components import registries
-from fleetsim.scenario import Scenario
+from fleetsim.build import registries
+from fleetsim.config import Scenario
 
 
 def _type_name(ann: Any) -> str:

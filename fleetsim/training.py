@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fleetsim.config import DataConfig, ModelConfig, OptimizerConfig
 from fleetsim.data import Dataset, Partition, load_dataset, make_partition
 from fleetsim.nn import DroppableNet, Keep, build_model, select_channels
+from fleetsim.plugins import load_plugins
 from fleetsim.rng import int_seed, stream, torch_generator
-from fleetsim.scenario import Scenario, load_plugins
-from fleetsim.server.aggregation import Update
+from fleetsim.updates import Update
 
 Vector = tuple[float, ...]
 
@@ -64,12 +65,39 @@ class UpdateResult:
         return self.loss_sum / self.batches if self.batches else math.nan
 
 
-def build_data(sc: Scenario) -> tuple[Dataset, Partition]:
-    """The scenario's dataset and its partition over the fleet (deterministic)."""
-    d = sc.data
-    ds = load_dataset(d.dataset, d.options, d.test_fraction, d.split_seed)
-    part = make_partition(d.partition.name, d.partition.options, ds.y_train.numpy(),
-                          sc.fleet.devices, stream(sc.seed, "partition"), ds.groups)
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What real training needs to know, and nothing else (picklable for workers).
+
+    Attributes
+    ----------
+    seed : the run's seed (initial model, batches, channel choices)
+    data : the dataset and its partition
+    n_devices : devices the data is partitioned over
+    model : architecture and options
+    optimizer : local SGD settings
+    batch_size : local mini-batch size
+    eval_batch_size : mini-batch size of evaluation
+    threads : torch threads in this process
+    plugins : plugin files or modules to load in every process that trains
+    """
+
+    seed: int
+    data: DataConfig
+    n_devices: int
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    batch_size: int
+    eval_batch_size: int = 1000
+    threads: int = 1
+    plugins: tuple[str, ...] = ()
+
+
+def build_data(data: DataConfig, n_devices: int, seed: int) -> tuple[Dataset, Partition]:
+    """The dataset and its partition over ``n_devices`` devices (deterministic)."""
+    ds = load_dataset(data.dataset, data.options, data.test_fraction, data.split_seed)
+    part = make_partition(data.partition.name, data.partition.options, ds.y_train.numpy(),
+                          n_devices, stream(seed, "partition"), ds.groups)
     return ds, part
 
 
@@ -90,27 +118,31 @@ class Trainer:
 
     Parameters
     ----------
-    sc : the scenario
-    data : the scenario's dataset and partition when already built (a pool worker gets
-        them from the main process in shared memory instead of loading them again)
+    settings : what training needs
+    data : the dataset and partition when already built (a pool worker gets them from the
+        main process in shared memory instead of loading them again)
     """
 
-    def __init__(self, sc: Scenario, data: tuple[Dataset, Partition] | None = None) -> None:
-        torch.set_num_threads(sc.training.threads)
-        load_plugins(sc.plugins)  # a worker process needs the user's models and datasets too
-        self.sc = sc
-        self.data, self.partition = data if data is not None else build_data(sc)
+    def __init__(self, settings: TrainerSettings,
+                 data: tuple[Dataset, Partition] | None = None) -> None:
+        s = settings
+        torch.set_num_threads(s.threads)
+        load_plugins(s.plugins)  # a worker process needs the user's models and datasets too
+        self.settings = s
+        self.seed = s.seed
+        self.data, self.partition = data if data is not None else build_data(
+            s.data, s.n_devices, s.seed)
         # PyTorch's default initialisation draws from the global generator: seed it from the
         # run's "init" stream so every process builds the same initial model. Nothing else
         # in training uses the global generator.
-        torch.manual_seed(int_seed(sc.seed, "init"))
-        self.model: DroppableNet = build_model(sc.model.arch, self.data.input_shape,
-                                               self.data.num_classes, sc.model.options)
+        torch.manual_seed(int_seed(s.seed, "init"))
+        self.model: DroppableNet = build_model(s.model.arch, self.data.input_shape,
+                                               self.data.num_classes, s.model.options)
         self.params = dict(self.model.named_parameters())
         self.float_buffers = {k: v for k, v in self.model.named_buffers() if v.is_floating_point()}
         self.mask_names = list(self.params) + list(self.float_buffers)
-        self.opt = sc.training.optimizer
-        self.batch = sc.training.batch_size
+        self.opt = s.optimizer
+        self.batch = s.batch_size
 
     def initial_state(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -125,7 +157,7 @@ class Trainer:
         self.load(state)
         model = self.model
         model.train()
-        seed = self.sc.seed
+        seed = self.seed
         batches = batch_indices(self.partition, job.device, job.round, job.steps, self.batch,
                                 seed)
         lr, mom, wd = self.opt.lr, self.opt.momentum, self.opt.weight_decay
@@ -175,7 +207,7 @@ class Trainer:
         if not any(vec):
             return None
         if g is None:
-            g = torch_generator(self.sc.seed, "channels", job.round, job.device, step)
+            g = torch_generator(self.seed, "channels", job.round, job.device, step)
         return select_channels(self.model.groups, vec, job.mode, g, job.offset)
 
     def _prox(self, anchor: dict[str, Tensor], keep: Keep | None,
@@ -223,7 +255,7 @@ class Trainer:
         self.model.eval()
         correct, loss = 0, 0.0
         x, y = self.data.x_test, self.data.y_test
-        bs = self.sc.eval.batch_size
+        bs = self.settings.eval_batch_size
         for lo in range(0, len(y), bs):
             out = self.model(x[lo:lo + bs])
             loss += float(F.cross_entropy(out, y[lo:lo + bs], reduction="sum"))

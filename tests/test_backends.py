@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from fleetsim.backends import Pool
+from fleetsim.build import backend_settings, build, load_scenario, trainer_settings
 from fleetsim.cli import main
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from fleetsim.training import Trainer, build_data
 from tests.conftest import TINY
 
@@ -124,18 +123,18 @@ def test_ray_trains_the_in_process_bits_for_sub_models_with_batch_norm(
 
 def test_trainer_uses_the_data_it_is_given() -> None:
     sc = load_scenario(None, text=TINY)
-    data = build_data(sc)
-    t = Trainer(sc, data)
+    data = build_data(sc.data, sc.fleet.devices, sc.seed)
+    t = Trainer(trainer_settings(sc), data)
     assert t.data is data[0] and t.partition is data[1]
     # and the same initial model as a trainer that loads its own data
-    fresh = Trainer(sc)
+    fresh = Trainer(trainer_settings(sc))
     assert all(torch.equal(v, fresh.initial_state()[k]) for k, v in t.initial_state().items())
 
 
 def test_pool_shares_the_dataset_instead_of_copying_it() -> None:
     sc = load_scenario(None, text=TINY, overrides=["training.backend=pool",
                                                    "training.workers=1"])
-    backend = Pool(sc)
+    backend = Pool(trainer_settings(sc), backend_settings(sc))
     try:
         ds = backend.trainer.data
         assert all(t.is_shared() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from fleetsim.build import build, load_scenario
 from fleetsim.calibration import Calibration, write_calibration
 from fleetsim.costs import CostModel, comm_seconds
 from fleetsim.nn import build_model
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from tests.test_engine import ONE_DEVICE
 
 

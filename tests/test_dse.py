@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetsim.build import load_scenario, run_dse
 from fleetsim.cli import main
-from fleetsim.dse import Evaluator, non_dominated, read_front, run_dse, write_front
-from fleetsim.scenario import load_scenario
+from fleetsim.dse import Evaluator, non_dominated, read_front, write_front
 from tests.conftest import TINY
 
 DSE = ["model.options.hidden=[16,16]", "dse.population=6", "dse.generations=2",

@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fleetsim.build import build, load_scenario
 from fleetsim.engine import INF
 from fleetsim.nn import build_model
 from fleetsim.results import write_run
 from fleetsim.rng import int_seed
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from fleetsim.training import batch_indices
 from tests.conftest import TINY, make_traces
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetsim.build import build, load_scenario
 from fleetsim.errors import UserError
 from fleetsim.fleet import class_counts
 from fleetsim.policies.base import POLICIES, Assignment, Decision, Policy, StepObservation
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from tests.conftest import make_traces
 
 FLEET = """
@@ -53,6 +52,19 @@ def one_step_macs() -> float:
 @pytest.fixture(scope="module")
 def step_macs() -> float:
     return one_step_macs()
+
+
+@pytest.fixture(autouse=True)
+def _test_policies():  # type: ignore[no-untyped-def]
+    """This module's policies, registered for its tests only (they would otherwise show up
+    in `fleetsim schema` and the generated scenario reference)."""
+    saved = dict(POLICIES._items)
+    POLICIES.add("test-deciding-base", _Deciding)
+    POLICIES.add("test-many-steps", _ManySteps)
+    POLICIES.add("test-never-stops", _NeverStops)
+    yield
+    POLICIES._items.clear()
+    POLICIES._items.update(saved)
 
 
 def scenario(tmp_path: Path, write_trace_file, ts, *, n: int = 1, k: int = 1,  # type: ignore[no-untyped-def]
@@ -230,7 +242,6 @@ class _Deciding(Policy):
         return super().decide(obs)
 
 
-POLICIES.add("test-deciding-base", _Deciding)
 
 
 @pytest.mark.parametrize("policy", ["fedavg", "test-deciding-base"])
@@ -264,8 +275,6 @@ class _NeverStops(Policy):
         return Decision(self.zero)
 
 
-POLICIES.add("test-many-steps", _ManySteps)
-POLICIES.add("test-never-stops", _NeverStops)
 
 
 def test_an_explicit_step_count_is_never_truncated(

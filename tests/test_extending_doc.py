@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim import scenario as scenario_mod
+from fleetsim import plugins as scenario_mod
 from fleetsim.cli import main
 from fleetsim.policies import POLICIES
 from fleetsim.server.selection import SELECTORS

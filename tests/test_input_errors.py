@@ -28,8 +28,8 @@ TIMING = ["--set", "training.mode=timing", "--quiet"]
 def _restore_registries() -> Iterator[None]:
     """Plugins register components for the whole process: forget them after each test,
     so that they do not show up elsewhere (in `fleetsim schema`, say)."""
-    from fleetsim import scenario
-    from fleetsim.components import registries
+    from fleetsim import plugins as scenario
+    from fleetsim.build import registries
 
     saved = {kind: dict(reg._items) for kind, reg in registries().items()}
     loaded = dict(scenario._LOADED_PLUGINS)
@@ -71,7 +71,7 @@ def test_duplicate_key_in_a_list_item(tmp_path: Path,
 
 
 def test_same_key_in_different_mappings_is_fine(tmp_path: Path) -> None:
-    from fleetsim.scenario import load_scenario
+    from fleetsim.build import load_scenario
 
     sc = load_scenario(write(tmp_path, TINY))  # 'name' and 'options' appear many times
     assert sc.fleet.classes[1].name == "slow"
@@ -355,15 +355,15 @@ def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("work started before the output path was checked")
 
+    import fleetsim.build
     import fleetsim.calibration
     import fleetsim.compare
     import fleetsim.dse
     import fleetsim.report
-    import fleetsim.run
     import fleetsim.traces.importers
     import fleetsim.traces.source
 
-    monkeypatch.setattr(fleetsim.run, "build", boom)
+    monkeypatch.setattr(fleetsim.build, "build", boom)
     monkeypatch.setattr(fleetsim.dse, "run_dse", boom)
     monkeypatch.setattr(fleetsim.compare, "run_batch", boom)
     monkeypatch.setattr(fleetsim.report, "write_report", boom)
@@ -559,7 +559,8 @@ def test_long_paths_are_not_broken_in_messages(tmp_path: Path,
 
 def test_exponent_without_a_dot_is_a_number(tiny_yaml: Path, tmp_path: Path) -> None:
     """PyYAML (YAML 1.1) reads 1e3 as a string, which component options then rejected."""
-    from fleetsim.scenario import load_scenario, parse_overrides
+    from fleetsim.build import load_scenario
+    from fleetsim.scenario import parse_overrides
 
     assert parse_overrides(["a=1e3", "b=-2.5E-2", "c=7", "d='1e3'"]) == \
         {"a": 1000.0, "b": -0.025, "c": 7, "d": "1e3"}

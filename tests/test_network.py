@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from fleetsim.build import build, load_scenario
 from fleetsim.cli import main
 from fleetsim.costs import comm_seconds
 from fleetsim.errors import UserError
 from fleetsim.network import TOPOLOGIES, from_file, hierarchical, star
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,9 @@ import h5py
 import pytest
 
 import fleetsim.results as results
+from fleetsim.build import build, load_scenario
 from fleetsim.engine import STATUS
 from fleetsim.results import ROUND_COLUMNS, TIMELINE_COLUMNS, write_run
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from fleetsim.build import build, load_scenario
 from fleetsim.costs import measure_on_cpu
 from fleetsim.nn import build_model
 from fleetsim.results import timeline_arrays
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from fleetsim.server.selection import online_sample
 from fleetsim.traces import GeneratedTraces
 from fleetsim.traces.source import CACHE_BYTES, CACHE_DEVICES

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fleetsim.build import load_scenario
 from fleetsim.cli import main
-from fleetsim.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((REPO / "scenarios").rglob("*.yaml"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fleetsim.build import trainer_settings
 from fleetsim.nn import build_model, select_channels
 from fleetsim.training import sgd_update
 
@@ -78,14 +79,14 @@ def _prox_trainer(hidden: int = 8):  # type: ignore[no-untyped-def]
     (batch 8), so every step's gradient is that of the same plain loss."""
     import numpy as np
 
+    from fleetsim.build import load_scenario
     from fleetsim.data import Partition
-    from fleetsim.scenario import load_scenario
     from fleetsim.training import Trainer
     from tests.conftest import TINY
 
     sc = load_scenario(None, [f"model.options.hidden=[{hidden}]", "training.batch_size=8",
                               f"training.optimizer.lr={PROX_LR}"], text=TINY)
-    t = Trainer(sc)
+    t = Trainer(trainer_settings(sc))
     own = np.array([3, 17, 40, 41, 99, 250, 512, 700], dtype=np.int64)
     t.partition = Partition(own, np.array([0, len(own)], dtype=np.int64))
     return t, torch.from_numpy(own)

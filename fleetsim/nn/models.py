@@ -278,9 +278,7 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int,
         key = ".".join(str(p) for p in ("model", "options", *err["loc"]))
         raise input_error(None, key, f"{err.get('input')!r} is not allowed ({err['msg']})",
                           f"the options of model {arch} (see `fleetsim schema`)") from None
-    from fleetsim.nn.resnet import CifarResNet
-
-    if issubclass(cls, CifarResNet):  # convolutions from the first layer on: images only
+    if getattr(cls, "images_only", False):  # convolutions from the first layer on
         image_shape(arch, tuple(input_shape))
     if num_classes < 1:
         raise input_error(None, "model", f"{num_classes} classes is not allowed",

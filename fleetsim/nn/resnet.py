@@ -64,6 +64,8 @@ class CifarResNet(DroppableNet):
     """
 
     blocks_per_stage: ClassVar[int] = 1
+    #: convolutions from the first layer on: build_model rejects flat samples
+    images_only: ClassVar[bool] = True
 
     class Options(ModelOptions):
         width: float = Field(1.0, gt=0, description="multiplier of the stage widths 16/32/64")

@@ -145,7 +145,7 @@ def front_candidates(path: str | None, useful_only: bool, ctx: PolicyContext) ->
     from fleetsim.dse import read_front
 
     if path is None:
-        raise ValueError("this policy needs a front; fleetsim.run.build provides it")
+        raise ValueError("this policy needs a front; fleetsim.build.build provides it")
     front = read_front(path)
     check_front_groups(front.groups, ctx, path)
     vecs, proxy = front_vectors(front, useful_only)

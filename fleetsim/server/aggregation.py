@@ -14,32 +14,12 @@ non-finite for the rest of the run. The engine counts rejections per round.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from fleetsim.registry import Registry
-
-
-@dataclass(frozen=True)
-class Update:
-    """One device's contribution, as the aggregator sees it.
-
-    Attributes
-    ----------
-    device : device id (updates must arrive in increasing order)
-    weight : aggregation weight (sample count)
-    state : the device's model after local training (parameters and float buffers)
-    masks : per tensor, which elements it trained (missing name or None: all of them)
-    steps : local mini-batches done (for FedNova)
-    """
-
-    device: int
-    weight: float
-    state: Mapping[str, Tensor]
-    masks: Mapping[str, Tensor | None]
-    steps: int
+from fleetsim.updates import Update
 
 
 def is_finite(state: Mapping[str, Tensor]) -> bool:

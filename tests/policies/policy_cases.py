@@ -6,13 +6,13 @@ from typing import Any
 
 import numpy as np
 
+from fleetsim.build import load_scenario, run_scenario
 from fleetsim.costs import CostModel
 from fleetsim.engine import RunLog
 from fleetsim.nn import build_model
 from fleetsim.policies import PolicyContext, StepObservation
 from fleetsim.policies.base import Assignment
-from fleetsim.run import run_scenario
-from fleetsim.scenario import Scenario, load_scenario
+from fleetsim.scenario import Scenario
 
 # Two classes on constant, always-online traces: a fast device does its 5 mini-batches in
 # ~0.2 s, a slow one needs ~17 s, so a 5 s deadline separates them cleanly.

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleetsim.build import build, load_scenario
 from fleetsim.costs import CostModel
 from fleetsim.dse import Front, write_front
 from fleetsim.nn import build_model
 from fleetsim.policies import STOP, Assignment, PolicyContext, StepObservation
 from fleetsim.policies.distreal import Distreal, DistrealStatic, UniformAdaptive
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from tests.conftest import TINY
 
 MODEL = build_model("cnn4", (1, 8, 8), 10, {"channels": [8, 8, 8, 8]})

@@ -7,8 +7,8 @@ import torch
 from policy_cases import run, scenario
 from pydantic import ValidationError
 
+from fleetsim.build import build
 from fleetsim.policies.fednova import FedNovaOptions
-from fleetsim.run import build
 from fleetsim.server.aggregation import AGGREGATORS, FedNovaAggregator, Update
 
 

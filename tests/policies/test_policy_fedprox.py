@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from policy_cases import TIMED, run
 
-from fleetsim.scenario import load_scenario
+from fleetsim.build import load_scenario, trainer_settings
 from fleetsim.training import Trainer, UpdateJob
 
 
@@ -30,7 +30,7 @@ def test_no_partial_option_behaves_like_fedavg() -> None:
 
 
 def test_update_shrinks_as_mu_grows() -> None:
-    trainer = Trainer(load_scenario(None, ["training.mode=full"], text=TIMED))
+    trainer = Trainer(trainer_settings(load_scenario(None, ["training.mode=full"], text=TIMED)))
     start = trainer.initial_state()
     n = len(trainer.model.groups)
 

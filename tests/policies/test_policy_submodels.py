@@ -10,6 +10,7 @@ import pytest
 import torch
 from policy_cases import TIMED, context, observe, run
 
+from fleetsim.build import load_scenario, trainer_settings
 from fleetsim.cli import main
 from fleetsim.errors import UserError
 from fleetsim.nn import select_channels
@@ -17,7 +18,6 @@ from fleetsim.nn.base import Group
 from fleetsim.policies.fedrolex import FedRolex, FedRolexOptions
 from fleetsim.policies.fjord import FjORD, FjORDOptions
 from fleetsim.policies.heterofl import HeteroFL, HeteroFLOptions
-from fleetsim.scenario import load_scenario
 from fleetsim.training import Trainer, UpdateJob
 
 GROUPS = (Group("h0", 8), Group("h1", 12))
@@ -25,7 +25,7 @@ GROUPS = (Group("h0", 8), Group("h1", 12))
 
 @cache
 def trainer() -> Trainer:
-    return Trainer(load_scenario(None, ["training.mode=full"], text=TIMED))
+    return Trainer(trainer_settings(load_scenario(None, ["training.mode=full"], text=TIMED)))
 
 
 def trained_rows(job: UpdateJob) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fleetsim.scenario import load_scenario
+from fleetsim.build import load_scenario, trainer_settings
 from fleetsim.server.aggregation import Aggregator, Update
 from fleetsim.training import Trainer, UpdateJob
 from tests.conftest import TINY
@@ -49,7 +49,7 @@ def test_sub_network_updates_touch_only_trained_elements() -> None:
     text = TINY.replace("arch: mlp", "arch: cnn4").replace("options: {hidden: [16]}",
                                                            "options: {channels: [8, 8, 8, 8]}")
     sc = load_scenario(None, text=text)
-    tr = Trainer(sc)
+    tr = Trainer(trainer_settings(sc))
     g = tr.initial_state()
     # one fixed sub-model for the whole round: ordered channels, half of every group
     job = UpdateJob(0, 0, 10.0, ((0.5, 0.5, 0.5, 0.5),), (0, 0, 0), mode="ordered",

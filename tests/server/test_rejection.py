@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fleetsim.backends import InProcess
+from fleetsim.build import build, load_scenario, trainer_settings
 from fleetsim.results import read_rounds, write_run
 from fleetsim.rng import int_seed
-from fleetsim.run import build
-from fleetsim.scenario import load_scenario
 from fleetsim.server.aggregation import Aggregator, FedNovaAggregator, Update
 from fleetsim.training import Trainer, UpdateJob, UpdateResult, batch_indices
 
@@ -68,14 +67,15 @@ def test_one_diverged_device_leaves_the_global_model_finite_and_equal_to_the_res
     built = build(sc)
     eng = built.engine
     start = {k: v.clone() for k, v in eng.state.items()}  # type: ignore[union-attr]
-    eng.backend = ExplodingDevice(sc, built.backend.trainer)  # type: ignore[union-attr]
+    eng.backend = ExplodingDevice(trainer_settings(sc),
+                                  trainer=built.backend.trainer)  # type: ignore[union-attr]
     log = eng.run()
     row = log.rounds[0]
     assert row["rejected"] == 1 and row["completed"] == 3
     assert {o.device: o.status for o in log.timeline}[BAD] == "rejected"
     assert math.isfinite(row["accuracy"]) and math.isfinite(row["train_loss"])
     # the reference: plain weighted average of the three healthy updates, by hand
-    trainer = Trainer(sc)
+    trainer = Trainer(trainer_settings(sc))
     ups = [trainer.train(start, o.job).update for o in log.timeline  # type: ignore[arg-type]
            if o.device != BAD and o.job is not None]
     assert len(ups) == 3
@@ -129,7 +129,7 @@ def test_fednova_with_a_batch_norm_model_evaluates_finite() -> None:
 
 def test_fedprox_reports_the_task_loss_without_the_penalty() -> None:
     sc = load_scenario(None, text=FOUR)
-    trainer = Trainer(sc)
+    trainer = Trainer(trainer_settings(sc))
     start = trainer.initial_state()
     mu, lr = 50.0, 0.1
     job = UpdateJob(0, 0, 1.0, ((0.0,),), (0, 0), prox_mu=mu)
@@ -169,7 +169,7 @@ def test_updates_are_weighted_by_their_devices_sample_counts() -> None:
     log = built.engine.run()
     n = built.engine.n_samples
     assert n[0] != n[1]  # unequal data, or the test says nothing
-    trainer = Trainer(sc)
+    trainer = Trainer(trainer_settings(sc))
     a, b = (trainer.train(start, o.job).update for o in sorted(log.timeline,  # type: ignore[arg-type]
                                                                 key=lambda o: o.device))
     assert (a.weight, b.weight) == (float(n[0]), float(n[1]))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from fleetsim.build import load_scenario
 from fleetsim.errors import UserError
-from fleetsim.scenario import load_scenario
 from fleetsim.traces import DeviceTrace, read_traces
 from fleetsim.traces.importers import (
     capacity_classes,

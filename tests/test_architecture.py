@@ -1,0 +1,113 @@
+"""The package's layers point down only (docs/architecture.md): no import cycle, and the
+forbidden dependencies never hold, directly or through other modules.
+
+Imports are read from the source (every ``import`` and ``from ... import`` statement,
+function-level ones included), so a lazy import inside a function counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "fleetsim"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph() -> nx.DiGraph:
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    g = nx.DiGraph()
+    g.add_nodes_from(files)
+    for mod, path in files.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import
+                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                # `from fleetsim.x import y` imports the module fleetsim.x.y if it is one
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base
+                           for a in node.names]
+            for t in targets:
+                if t in files and t != mod:
+                    g.add_edge(mod, t)
+    return g
+
+
+GRAPH = import_graph()
+
+
+def reaches(src_prefix: str, dst_prefixes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(source module, forbidden module) pairs where the first reaches the second."""
+    bad = []
+    for src in GRAPH:
+        if not (src == src_prefix or src.startswith(src_prefix + ".")):
+            continue
+        for dst in nx.descendants(GRAPH, src):
+            if any(dst == d or dst.startswith(d + ".") for d in dst_prefixes):
+                bad.append((src, dst))
+    return bad
+
+
+def test_the_graph_was_read() -> None:
+    # guards the checks below against a reader that finds no edges
+    assert GRAPH.number_of_nodes() > 40
+    assert GRAPH.has_edge("fleetsim.engine", "fleetsim.backends")
+    assert GRAPH.has_edge("fleetsim.build", "fleetsim.policies")  # a function-level import
+
+
+def test_no_import_cycle() -> None:
+    cycles = [c for c in nx.strongly_connected_components(GRAPH) if len(c) > 1]
+    assert not cycles, f"import cycles: {cycles}"
+
+
+RUNNER = ("fleetsim.build", "fleetsim.api", "fleetsim.compare", "fleetsim.cli",
+          "fleetsim.cli_batch", "fleetsim.cli_traces")
+LOADER = ("fleetsim.scenario",)
+
+
+@pytest.mark.parametrize("src, forbidden", [
+    ("fleetsim.policies", ("fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.dse", ("fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.server.aggregation", ("fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.training", ("fleetsim.server", "fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.backends", ("fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.traces", ("fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.nn", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
+    ("fleetsim.data", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
+    ("fleetsim.costs", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
+    ("fleetsim.engine", (*RUNNER, *LOADER)),
+    ("fleetsim.config", ("fleetsim.scenario", "fleetsim.engine", *RUNNER)),
+])
+def test_layers_point_down(src: str, forbidden: tuple[str, ...]) -> None:
+    assert any(n == src or n.startswith(src + ".") for n in GRAPH), src
+    assert not reaches(src, forbidden)
+
+
+def test_the_check_can_fail() -> None:
+    # the CLI does reach the engine: the reachability test is not vacuous
+    assert reaches("fleetsim.cli", ("fleetsim.engine",))
+
+
+@pytest.mark.parametrize("module", ["fleetsim.engine", "fleetsim.training", "fleetsim.backends",
+                                    "fleetsim.dse"])
+def test_parts_take_settings_not_the_scenario(module: str) -> None:
+    """The engine, trainer, backends and DSE never see a whole Scenario."""
+    path = PKG / (module.removeprefix("fleetsim.").replace(".", "/") + ".py")
+    text = path.read_text()
+    assert "Scenario" not in text.replace("Scenario's", ""), \
+        f"{module} mentions Scenario; it should take its own settings"
