@@ -30,6 +30,7 @@ evaluates what is new.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -120,7 +121,7 @@ def settings_digest(job: DSEJob) -> str:
         "batch": t.batch_size, "optimizer": t.optimizer.model_dump(),
         "dse": job.dse.model_dump(mode="json", exclude={"workers", "cache_dir", "population",
                                                          "generations"}),
-        "backward_factor": job.backward_factor, "version": 1,
+        "backward_factor": job.backward_factor, "version": 2,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -135,7 +136,10 @@ class Evaluator:
         # One "device" holding the DSE's training split: the trainer's machinery (sliced
         # sub-networks, per-step channel streams, masked SGD) is reused unchanged.
         self.cfg = cfg = job.dse
-        t = Trainer(job.trainer)
+        # Candidates train from the DSE's own seed, not the run's: the front is cached by
+        # the DSE's settings alone, so a front that depended on the run seed would depend
+        # on which seed happened to search first.
+        t = Trainer(dataclasses.replace(job.trainer, seed=cfg.seed))
         ds = t.data
         n = len(ds.y_train)
         rng = np.random.default_rng(cfg.seed)
