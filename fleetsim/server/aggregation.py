@@ -70,6 +70,10 @@ class Aggregator:
             self.num[k].addcmul_(x, mw)
             self.den[k].add_(mw)
 
+    def trained(self) -> dict[str, Tensor]:
+        """Per float tensor name, the bool mask of the elements some device trained."""
+        return {k: self.den[k] > 0 for k in self.names}
+
     def result(self) -> dict[str, Tensor]:
         """The new global state (non-float tensors and untrained elements unchanged)."""
         out = dict(self.global_state)
