@@ -12,7 +12,12 @@ SimPy events scheduled (and processed), ``sim h`` simulated hours covered. The l
 the ratio of the largest to the smallest fleet: what 100x more devices cost.
 
     python benchmarks/engine_scale.py [--sizes 1000,10000,100000] [--rounds 1000]
-        [--per-round 100]
+        [--per-round 100] [--async-devices 100000] [--concurrency 1000] [--buffer 100]
+
+After the synchronous sizes it runs the asynchronous server (FedBuff, ``server.mode:
+async``) on ``--async-devices`` devices with ``--concurrency`` training at once and a
+buffer of ``--buffer``, for ``--rounds`` aggregations (100,000 arrivals with the
+defaults); target: under 60 s on 2 cores. ``--async-devices 0`` skips it.
 """
 
 from __future__ import annotations
@@ -55,16 +60,19 @@ training:
   local_steps: 20
   batch_size: 32
 output: {{plot: false}}
+server: {{mode: {mode}, concurrency: {concurrency}, buffer_size: {buffer}}}
 """
 
 
-def child(devices: int, rounds: int, per_round: int) -> None:
+def child(devices: int, rounds: int, per_round: int, mode: str = "sync",
+          concurrency: int = 10, buffer: int = 10) -> None:
     """One size, in this process: prints a JSON line of figures."""
     from fleetsim.build import build, load_scenario
 
     t0 = time.perf_counter()
     sc = load_scenario(None, text=SCENARIO.format(devices=devices, rounds=rounds,
-                                                  per_round=per_round))
+                                                  per_round=per_round, mode=mode,
+                                                  concurrency=concurrency, buffer=buffer))
     built = build(sc)
     setup_s = time.perf_counter() - t0
     log = built.engine.run()
@@ -72,6 +80,7 @@ def child(devices: int, rounds: int, per_round: int) -> None:
     print(json.dumps({"setup_s": setup_s, "run_s": log.wall_s, "events": log.events,
                       "rounds": len(log.rounds), "updates": sum(r["completed"]
                                                                 for r in log.rounds),
+                      "jobs": len(log.timeline),
                       "sim_h": log.rounds[-1]["t_end_s"] / 3600, "peak_mb": peak_mb}))
 
 
@@ -80,10 +89,15 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--rounds", type=int, default=1000)
     ap.add_argument("--per-round", type=int, default=100)
+    ap.add_argument("--async-devices", type=int, default=100_000)
+    ap.add_argument("--concurrency", type=int, default=1000)
+    ap.add_argument("--buffer", type=int, default=100)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: one size
+    ap.add_argument("--child-async", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.rounds, args.per_round)
+        child(args.child, args.rounds, args.per_round,
+              "async" if args.child_async else "sync", args.concurrency, args.buffer)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -113,6 +127,22 @@ def main() -> None:
               f"{big['peak_mb'] / 2048:.2f}")
     print(f"{max(sizes):,} / {min(sizes):,} devices: wall x{big['wall_s'] / small['wall_s']:.2f}"
           f", peak memory x{big['peak_mb'] / small['peak_mb']:.2f}")
+    if args.async_devices:
+        n = args.async_devices
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, __file__, "--child", str(n), "--child-async",
+                            "--rounds", str(args.rounds), "--concurrency",
+                            str(args.concurrency), "--buffer", str(args.buffer)],
+                           capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t
+        if p.returncode:
+            raise SystemExit(f"async run failed:\n{p.stderr[-3000:]}")
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"async (FedBuff), {n:,} devices, concurrency {args.concurrency:,}, buffer "
+              f"{args.buffer}: {r['rounds']:,} aggregations, {r['jobs']:,} jobs ended "
+              f"({r['updates']:,} updates aggregated), {r['sim_h']:.1f} simulated h; wall "
+              f"{wall:.1f} s (engine {r['run_s']:.1f} s), peak {r['peak_mb']:.0f} MB; wall / "
+              f"60 s target = {wall / 60:.2f}")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def compare(scenarios: str | Sequence[str], out: str | os.PathLike[str], *,
     """
     import pandas as pd
 
-    from fleetsim.compare import expand_grid, run_batch
+    from fleetsim.batch import expand_grid, run_batch
     from fleetsim.paths import check_output_dir
     from fleetsim.report import best_accuracy, end_time, final_accuracy, load_runs, time_to_target
 

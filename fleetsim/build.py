@@ -203,7 +203,7 @@ def engine_settings(sc: Scenario) -> EngineSettings:
         clients_per_round=tr.clients_per_round, deadline_s=tr.deadline_s,
         local_steps=tr.local_steps, batch_size=tr.batch_size, idle_wait_s=tr.idle_wait_s,
         server_time_s=tr.server_time_s, eval_every_rounds=sc.eval.every_rounds,
-        policy_name=sc.policy.name)
+        policy_name=sc.policy.name, server=sc.server)
 
 
 def dse_job(sc: Scenario) -> DSEJob:
@@ -364,8 +364,13 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     selector = scls(scls.Options(**sc.selector.options),
                     FleetView(fleet.n, fleet.class_of, np.asarray(n_samples)))
     cbs = ([ProgressBar()] if progress else []) + list(callbacks)
+    server_opt = None
+    if backend is not None:
+        from fleetsim.server.optimizers import make_server_optimizer
+
+        server_opt = make_server_optimizer(sc.server.optimizer, backend.buffer_names)
     engine = Engine(engine_settings(sc), fleet, costs, policy, selector, backend,
-                    np.asarray(n_samples), cbs)
+                    np.asarray(n_samples), cbs, server_opt)
     return Built(engine, backend)
 
 

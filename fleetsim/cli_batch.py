@@ -60,7 +60,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fleetsim.compare import expand_grid, run_batch
+    from fleetsim.batch import expand_grid, run_batch
     from fleetsim.errors import UserError
     from fleetsim.paths import check_output_dir
 

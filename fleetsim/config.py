@@ -179,6 +179,55 @@ class EvalConfig(Section):
     batch_size: int = Field(1000, ge=1)
 
 
+class StalenessConfig(Section):
+    name: Literal["constant", "polynomial", "hinge"] = Field(
+        "polynomial", description="weight of an update s versions stale: constant 1; "
+        "polynomial (1+s)^-a (a=0.5 is FedBuff's 1/sqrt(1+s)); hinge 1 up to b, then "
+        "1/(a(s-b)+1) (FedAsync)")
+    a: float = Field(0.5, ge=0, description="polynomial exponent, or hinge slope")
+    b: float = Field(4.0, ge=0, description="hinge: staleness that still weighs 1")
+
+
+class ServerOptimizerConfig(Section):
+    name: Literal["sgd", "momentum", "adam", "yogi", "adagrad"] = Field(
+        "sgd", description="rule applied to the aggregated pseudo-gradient (the aggregate "
+        "minus the global model): sgd (lr 1 is FedAvg), momentum (FedAvgM), adam, yogi, "
+        "adagrad (FedAdam, FedYogi, FedAdagrad; Reddi et al., ICLR 2021)")
+    lr: float = Field(1.0, gt=0, description="server learning rate (eta): the global model "
+                      "moves lr times the rule's step. 1 is FedAvg under sgd and Hsu et al.'s "
+                      "FedAvgM under momentum; adam and yogi (default betas) first move each "
+                      "trained element by up to lr, so they want a smaller one (Reddi et al. "
+                      "tune it per task; Flower defaults to 0.1 for adam, 0.01 for yogi); "
+                      "see docs/server_optimizers.md")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="beta1: first-moment decay "
+                                       "(adam, yogi, adagrad: m = b1 m + (1-b1) delta; "
+                                       "momentum: m = b1 m + delta, undamped; 0 turns "
+                                       "momentum off) and beta2: second-moment decay (adam, "
+                                       "yogi; unused by adagrad). Defaults: Reddi et al.")
+    tau: float = Field(1e-3, gt=0, description="adaptivity (adam, yogi, adagrad): added to "
+                       "sqrt(v), which starts at tau^2 (Reddi et al., Algorithm 2); smaller "
+                       "is more adaptive")
+
+    @model_validator(mode="after")
+    def _betas(self) -> ServerOptimizerConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("betas must be two numbers in [0, 1)")
+        return self
+
+
+class ServerConfig(Section):
+    mode: Literal["sync", "async"] = Field("sync", description="sync: rounds (the training "
+                                           "section's K, deadline, stragglers); async: "
+                                           "FedBuff/FedAsync, see docs/async.md")
+    concurrency: int = Field(10, ge=1, description="async: devices training at once")
+    buffer_size: int = Field(10, ge=1, description="async: arrivals per aggregation "
+                             "(FedBuff's K; 1 is FedAsync)")
+    max_staleness: int | None = Field(None, ge=0, description="async: updates staler than "
+                                      "this (in versions) are dropped untrained (null: none)")
+    staleness: StalenessConfig = Field(default_factory=StalenessConfig)
+    optimizer: ServerOptimizerConfig = Field(default_factory=ServerOptimizerConfig)
+
+
 class CostsConfig(Section):
     backward_factor: float = Field(2.0, ge=0, description="backward MACs per forward MAC")
     calibration: str | None = Field(None, description="calibration file from `fleetsim "
@@ -259,6 +308,7 @@ class Scenario(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
     dse: DseConfig = Field(default_factory=DseConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")

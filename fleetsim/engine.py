@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import heapq
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -29,19 +30,21 @@ import torch
 
 from fleetsim.backends import Backend
 from fleetsim.callbacks import Callback
+from fleetsim.config import ServerConfig
 from fleetsim.costs import CostModel
 from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
 from fleetsim.nn.slicing import keep_share
 from fleetsim.policies.base import Assignment, Policy, StepObservation, check_vector
-from fleetsim.rng import stream
+from fleetsim.rng import LazyStream, stream
 from fleetsim.server.aggregation import AGGREGATORS
+from fleetsim.server.buffered import BufferedAggregator, staleness_weight
 from fleetsim.server.selection import DeviceReport, Selector
 from fleetsim.training import UpdateJob
 
 INF = math.inf
 #: Device outcomes of a round, in the order of their codes in ``run.h5`` (append only).
-STATUS = ("completed", "late", "dropped", "not_needed", "rejected", "too_slow")
+STATUS = ("completed", "late", "dropped", "not_needed", "rejected", "too_slow", "stale")
 
 # Mini-batches a deciding policy may ask for in one round when nothing else ends it (the
 # server waits for every device), as a multiple of the round's step count: more is taken
@@ -53,6 +56,9 @@ MAX_STEPS_HARD = 1_000_000
 # Consecutive rounds with no online device after which a run is declared stuck (with the
 # default 60 s retry, about a week of simulated time with the whole fleet offline).
 MAX_IDLE_WAITS = 10_000
+# Async: a device's second job from one model version gets streams of its own, keyed
+# version + repeat * this (version alone for the first, as in synchronous rounds).
+ASYNC_REPEAT_STRIDE = 1 << 32
 
 
 @dataclass(slots=True)  # slots: a long run keeps one per selected device per round
@@ -72,6 +78,7 @@ class DeviceRound:
     bytes_up: int = 0  # bytes that crossed the uplink (0 if the upload never started)
     job: UpdateJob | None = None  # what to train, for an update that arrived in time
     plan: _Plan | None = None  # phase times, only until the round closes
+    start_version: int = -1  # the global model version it trained from (sync: the round)
 
 
 @dataclass(slots=True)
@@ -130,6 +137,7 @@ class EngineSettings:
     server_time_s: float = 0.0
     eval_every_rounds: int = 1
     policy_name: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 class Engine:
@@ -147,7 +155,8 @@ class Engine:
 
     def __init__(self, settings: EngineSettings, fleet: Fleet, costs: CostModel,
                  policy: Policy, selector: Selector, backend: Backend | None,
-                 n_samples: np.ndarray, callbacks: Sequence[Callback] = ()) -> None:
+                 n_samples: np.ndarray, callbacks: Sequence[Callback] = (),
+                 server_opt: Any = None) -> None:
         self.settings = settings
         self.fleet = fleet
         self.costs = costs
@@ -156,6 +165,8 @@ class Engine:
         self.backend = backend
         self.n_samples = n_samples
         self.callbacks = tuple(callbacks)
+        # applied to every aggregate (None: the aggregate is the new model, FedAvg)
+        self.server_opt = server_opt
         self.env = simpy.Environment()
         self.log = RunLog()
         self.groups = costs.groups
@@ -182,8 +193,12 @@ class Engine:
         if freeze:
             gc.freeze()
         try:
-            self.env.process(self._server())
-            self.env.run()
+            if self.settings.server.mode == "async":
+                self.env.process(self._async_server())
+                self.env.run()
+            else:
+                self.env.process(self._server())
+                self.env.run()
         finally:
             if freeze:
                 gc.unfreeze()
@@ -237,7 +252,7 @@ class Engine:
             outcomes = []
             for d in selected:
                 a = self.policy.assign(r, d, int(self.fleet.class_of[d]), rng_assign)
-                out = DeviceRound(d, r, t_start)
+                out = DeviceRound(d, r, t_start, start_version=r)
                 self._schedule(out, self._checked(a), cutoff, deadline_s,
                                record=plan.keep < plan.select)
                 outcomes.append(out)
@@ -254,7 +269,11 @@ class Engine:
                 waits.append(enough)
             yield env.any_of(waits)
             closed[0] = True
-            t_end = env.now
+            # The close time from the fates themselves, not env.now: SimPy reaches a time
+            # t as now + (t - now), which can land an ulp short of t, and a device that
+            # arrived must not look as if it were still working.
+            t_end = _close_time(outcomes, cutoff, plan.keep if plan.keep < plan.select
+                                else None)
             self._close(outcomes, t_end, cutoff, plan.keep)
             done = [o for o in outcomes if o.status == "completed"]
             losses = self._aggregate(done)
@@ -281,10 +300,225 @@ class Engine:
             acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
             self.log.rounds[-1].update(accuracy=acc, loss=loss)
 
+    # ------------------------------------------------------------------ async server
+
+    def _async_server(self) -> Iterator[simpy.events.Event]:
+        """FedBuff (FedAsync with a buffer of one): ``concurrency`` devices train at once.
+
+        A job's whole course is known when it starts (:meth:`_schedule`, with the job's own
+        deadline in place of a round's), so the server keeps the jobs in flight in a heap by
+        (fate time, job id) and waits for the earliest: jobs ending at one instant are
+        handled in start order, by rule rather than by SimPy's event order. On an arrival
+        it buffers the update (or drops it as stale, untrained), and every ``buffer_size``
+        arrivals it trains the buffered updates -- each from the global model of its start
+        version, kept while referenced -- and aggregates them into a new version. Every job
+        that ends is replaced at once by a new one on an idle online device.
+        """
+        env, cfg = self.env, self.settings
+        srv = cfg.server
+        self._versions: dict[int, dict[str, torch.Tensor] | None] = {0: self.state}
+        self._refs: dict[int, int] = {}
+        self._version = 0
+        self._busy: set[int] = set()
+        self._jobs = 0
+        self._repeats: dict[int, int] = {}  # per device, jobs from the current version
+        self._buffer: list[DeviceRound] = []
+        self._ended: list[DeviceRound] = []
+        self._in_flight: dict[int, DeviceRound] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._started_since = 0
+        self._t_last = 0.0
+        self._last_eval = -1
+        plan = self.policy.plan(0, srv.concurrency)
+        self._job_deadline = cfg.deadline_s if not plan.wait_all else None
+        idle = 0
+        self._fill()
+        while True:
+            if self._async_done():
+                break
+            if self._heap:
+                t = self._heap[0][0]
+                yield env.timeout(max(t - env.now, 0.0))
+                # every job ending at this instant, in start order, before any new start:
+                # simultaneous arrivals fill the buffer together (so FedBuff with equal
+                # devices is synchronous FedAvg), and replacements start from the newest
+                # version
+                while self._heap and self._heap[0][0] == t:
+                    _, jid = heapq.heappop(self._heap)
+                    self._job_ended(self._in_flight.pop(jid), t)
+                idle = 0
+            else:  # nobody is training: every device busy or offline; look again later
+                idle += 1
+                if idle > MAX_IDLE_WAITS:
+                    raise UserError(
+                        f"{cfg.name}: no device was online for {idle - 1} server retries in "
+                        f"a row ({(idle - 1) * cfg.idle_wait_s:g} simulated seconds), so the "
+                        "run cannot go on. Allowed: traces in which devices come online "
+                        "(check with `fleetsim traces show`), or a time_budget_s.")
+                yield env.timeout(cfg.idle_wait_s)
+            if not self._async_done():
+                self._fill()
+        self._finish()
+
+    def _async_done(self) -> bool:
+        cfg = self.settings
+        if cfg.rounds is not None and self._version >= cfg.rounds:
+            return True
+        return cfg.time_budget_s is not None and self.env.now >= cfg.time_budget_s
+
+    def _fill(self) -> None:
+        """Start jobs on idle online devices until ``concurrency`` are training."""
+        cfg = self.settings
+        want = cfg.server.concurrency - len(self._in_flight)
+        if want <= 0:
+            return
+        t = self.env.now
+        busy = self._busy
+        picked = self.selector.select_idle(
+            self._version, t, want,
+            lambda d, t=t: d not in busy and self.fleet.online_at(d, t),
+            stream(cfg.seed, "select", self._jobs))
+        for d in sorted(picked):
+            self._start_job(d)
+
+    def _start_job(self, d: int) -> None:
+        cfg = self.settings
+        jid = self._jobs
+        self._jobs += 1
+        self._started_since += 1
+        t = self.env.now
+        v = self._version
+        # Training streams are keyed by the start version (so that FedBuff with no
+        # staleness draws exactly what synchronous rounds draw), made unique for a device
+        # that trains twice from one version.
+        rep = self._repeats.get(d, 0)  # jobs of d from the current version so far
+        self._repeats[d] = rep + 1
+        key = v + rep * ASYNC_REPEAT_STRIDE
+        a = self.policy.assign(key, d, int(self.fleet.class_of[d]),
+                               LazyStream(cfg.seed, "assign", jid))  # type: ignore[arg-type]
+        out = DeviceRound(d, jid, t, start_version=v)
+        deadline_s = self._job_deadline
+        cutoff = t + deadline_s if deadline_s is not None else INF
+        if cfg.time_budget_s is not None:
+            cutoff = min(cutoff, cfg.time_budget_s)
+        self._schedule(out, self._checked(a), cutoff, deadline_s, record=True, key=key)
+        if out.t_end == INF:
+            raise UserError(
+                f"{cfg.name}: job {jid}: device {d} (class '{self.fleet.class_name(d)}') can "
+                f"never finish its mini-batch: its availability stays 0 for ever (its trace "
+                "does not repeat) and it never goes offline, and the job has no deadline. "
+                "Allowed: a training.deadline_s (the job's time limit in async mode), a "
+                "training.time_budget_s, or traces with a period or with availability above "
+                "0 after their last breakpoint.")
+        self._busy.add(d)
+        self._in_flight[jid] = out
+        heapq.heappush(self._heap, (out.t_end, jid))
+        self._refs[v] = self._refs.get(v, 0) + 1
+
+    def _release(self, version: int) -> None:
+        n = self._refs[version] - 1
+        if n:
+            self._refs[version] = n
+            return
+        del self._refs[version]
+        if version != self._version:
+            self._versions.pop(version, None)  # nobody trains from it any more
+
+    def _job_ended(self, out: DeviceRound, t: float) -> None:
+        srv = self.settings.server
+        self._busy.discard(out.device)
+        out.plan = None
+        self.selector.feedback([DeviceReport(
+            out.device, self._version, out.status,
+            out.need_s if out.status == "too_slow" else out.t_end - out.t_start, math.nan,
+            out.steps, int(self.n_samples[out.device]))])
+        if out.status == "completed":
+            s = self._version - out.start_version
+            if srv.max_staleness is not None and s > srv.max_staleness:
+                out.status, out.job = "stale", None  # never trained
+            else:
+                self._buffer.append(out)
+        if out.status != "completed":
+            self._release(out.start_version)
+            self._ended.append(out)
+        if len(self._buffer) >= srv.buffer_size:
+            self._aggregate_buffer(t)
+
+    def _aggregate_buffer(self, t: float) -> None:
+        """Train the buffered updates from their start versions; a new global version."""
+        cfg, srv = self.settings, self.settings.server
+        buf = sorted(self._buffer, key=lambda o: o.round)  # start order: versions ascend
+        self._buffer = []
+        stal = [self._version - o.start_version for o in buf]
+        losses: dict[int, float] = {}
+        if self.backend is not None:
+            agg = BufferedAggregator(self.state, self.backend.buffer_names)  # type: ignore[arg-type]
+            i = 0
+            while i < len(buf):  # one backend call per start version, in start order
+                v = buf[i].start_version
+                group = [o for o in buf[i:] if o.start_version == v]
+                start = self._versions[v]
+                w = staleness_weight(srv.staleness, self._version - v)
+                jobs = [o.job for o in group]
+                for o, res in zip(group, self.backend.train(start, jobs)):  # type: ignore[arg-type]
+                    if not math.isfinite(res.loss_sum) or not agg.add(
+                            o.round, res.update, start, w):  # type: ignore[arg-type]
+                        o.status = "rejected"
+                    else:
+                        losses[o.round] = res.mean_loss
+                    o.job = None
+                i += len(group)
+            self.state = self._apply(agg)
+        for o in buf:
+            self._release(o.start_version)
+        self._version += 1
+        self._versions[self._version] = self.state
+        self._repeats = {}  # no job starts from an older version
+        # the previous version stays only while some job still trains from it
+        if self._version - 1 not in self._refs:
+            self._versions.pop(self._version - 1, None)
+        r = self._version - 1
+        acc = loss = math.nan
+        if self.backend is not None and (r % cfg.eval_every_rounds == 0 or self._async_done()):
+            acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
+            self._last_eval = r
+        outcomes = self._ended + buf
+        done = [o for o in buf if o.status == "completed"]
+        kept = [s for o, s in zip(buf, stal) if o.status == "completed"]
+        row = self._row(r, self._t_last, t, outcomes, done, acc, loss, losses, kept)
+        row["selected"] = self._started_since
+        self.log.rounds.append(row)
+        self.log.timeline.extend(sorted(outcomes, key=lambda o: o.round))
+        self._ended = []
+        self._started_since = 0
+        self._t_last = t
+        for cb in self.callbacks:
+            cb.on_round_end(row)
+
+    def _finish(self) -> None:
+        """The run ends: jobs still training are cut back to now, and not needed."""
+        now = self.env.now
+        if self.settings.time_budget_s is not None:
+            now = min(now, self.settings.time_budget_s)
+        for out in sorted(self._in_flight.values(), key=lambda o: o.round):
+            self._cut_back(out, now)
+            out.status, out.t_end, out.job, out.plan = "not_needed", now, None, None
+            self._ended.append(out)
+        for o in self._buffer:  # arrived, but the buffer never filled again
+            o.status, o.job = "not_needed", None
+            self._ended.append(o)
+        self._in_flight.clear()
+        self._buffer = []
+        self.log.timeline.extend(sorted(self._ended, key=lambda o: o.round))
+        if self.backend is not None and self.log.rounds and \
+                self._last_eval != len(self.log.rounds) - 1:
+            acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
+            self.log.rounds[-1].update(accuracy=acc, loss=loss)
+
     # ------------------------------------------------------------------ one device
 
     def _schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
-                  deadline_s: float | None, record: bool) -> None:
+                  deadline_s: float | None, record: bool, key: int | None = None) -> None:
         """Work out, at the round's start, how one device's round ends if nobody stops it.
 
         Download, training and upload depend only on the cost model, the network path and
@@ -293,12 +527,15 @@ class Engine:
         work done by then, and the job to train if it arrives. The server may still close
         the round earlier (over-commitment, or a time budget); :meth:`_close` then cuts
         the work back to that instant (``record``: keep the per-step times it needs).
+        ``key`` names the job's random streams (default: its round).
         Deciding fates by times, not by the order in which SimPy handles events at one
         instant, makes "an arrival exactly at the deadline counts" a rule rather than an
         accident of event order.
         """
         fleet, costs = self.fleet, self.costs
         d, t_start = out.device, out.t_start
+        if key is None:
+            key = out.round
         tr = fleet.trace(d)
         path = fleet.path(d)
         t_off = tr.next_offline(t_start)
@@ -334,7 +571,7 @@ class Engine:
                             ) -> tuple[float, ...] | None:
                 return fixed if step < n_fixed else None
         else:
-            rng = stream(self.settings.seed, "policy", out.round, d)
+            rng = stream(self.settings.seed, "policy", key, d)
             cls = int(fleet.class_of[d])
             # A deciding policy that never says stop would hang the engine where nothing
             # else ends the round (the server waits for every device): that is the
@@ -406,7 +643,7 @@ class Engine:
             out.status = why
             return
         out.status = "completed"
-        out.job = UpdateJob(d, out.round, float(n), tuple(vectors), tuple(step_vec), a.mode,
+        out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
                             a.reselect, a.offset, self.train_spec.prox_mu)
 
     def _checked(self, a: Assignment) -> Assignment:
@@ -523,12 +760,19 @@ class Engine:
                 by_id[d].status, by_id[d].job = "rejected", None
                 continue
             losses[d] = res.mean_loss
-        self.state = agg.result()
+        self.state = self._apply(agg)
         return losses
+
+    def _apply(self, agg: Any) -> dict[str, torch.Tensor]:
+        """The new global model: the aggregate, through the server optimizer if any."""
+        new = agg.result()
+        if self.server_opt is None:
+            return new
+        return self.server_opt.step(self.state, new, agg.trained())
 
     def _row(self, r: int, t_start: float, t_end: float, outcomes: list[DeviceRound],
              done: list[DeviceRound], acc: float, loss: float,
-             losses: dict[int, float]) -> dict[str, Any]:
+             losses: dict[int, float], staleness: Sequence[int] = ()) -> dict[str, Any]:
         count = {s: 0 for s in STATUS}
         for o in outcomes:
             count[o.status] += 1
@@ -538,6 +782,7 @@ class Engine:
             "completed": count["completed"], "late": count["late"],
             "dropped": count["dropped"], "not_needed": count["not_needed"],
             "rejected": count["rejected"], "too_slow": count["too_slow"],
+            "stale": count["stale"],
             "accuracy": acc, "loss": loss,
             "train_loss": float(np.mean(list(losses.values()))) if losses else math.nan,
             "mean_kept_share": (sum(o.kept_share_sum for o in done) / steps) if steps
@@ -546,7 +791,20 @@ class Engine:
             "macs_wasted": sum(o.macs for o in outcomes if o.status != "completed"),
             "bytes_down": sum(o.bytes_down for o in outcomes),
             "bytes_up": sum(o.bytes_up for o in outcomes),
+            "staleness_mean": float(np.mean(staleness)) if len(staleness) else 0.0,
+            "staleness_max": int(max(staleness)) if len(staleness) else 0,
         }
+
+
+def _close_time(outcomes: Sequence[DeviceRound], cutoff: float, keep: int | None) -> float:
+    """When the server stops waiting: every fate, the cutoff or (over-commitment,
+    ``keep``) the ``keep``-th arrival, whichever comes first."""
+    t = min(max(o.t_end for o in outcomes), cutoff)
+    if keep is not None:
+        arrivals = sorted(o.t_end for o in outcomes if o.status == "completed")
+        if len(arrivals) >= keep:
+            t = min(t, arrivals[keep - 1])
+    return t
 
 
 def _phase_end(t_phase: float, t_off: float, cutoff: float) -> tuple[float, str | None]:

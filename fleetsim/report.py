@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetsim.compare import DONE_FILE, FAILURES_FILE, PolicySpec
+from fleetsim.batch import DONE_FILE, FAILURES_FILE, PolicySpec
 from fleetsim.errors import UserError
 from fleetsim.results import atomic_write_bytes, read_rounds
 

@@ -30,10 +30,11 @@ from fleetsim.config import Scenario
 from fleetsim.engine import STATUS, RunLog
 
 ROUND_COLUMNS = ("round", "t_start_s", "t_end_s", "selected", "completed", "late", "dropped",
-                 "not_needed", "rejected", "too_slow", "accuracy", "loss", "train_loss",
-                 "mean_kept_share", "steps", "macs", "macs_wasted", "bytes_down", "bytes_up")
+                 "not_needed", "rejected", "too_slow", "stale", "accuracy", "loss",
+                 "train_loss", "mean_kept_share", "steps", "macs", "macs_wasted", "bytes_down",
+                 "bytes_up", "staleness_mean", "staleness_max")
 TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps", "macs",
-                    "mean_kept_share", "bytes_down", "bytes_up")
+                    "mean_kept_share", "bytes_down", "bytes_up", "start_version")
 
 
 #: The files a run writes into its folder; a new run replaces exactly these (and their
@@ -126,6 +127,7 @@ def timeline_arrays(log: RunLog) -> dict[str, np.ndarray]:
                                         for o in tl), np.float64, len(tl)),
         "bytes_down": np.fromiter((o.bytes_down for o in tl), np.int64, len(tl)),
         "bytes_up": np.fromiter((o.bytes_up for o in tl), np.int64, len(tl)),
+        "start_version": np.fromiter((o.start_version for o in tl), np.int64, len(tl)),
     }
 
 

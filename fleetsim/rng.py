@@ -29,6 +29,28 @@ def stream(seed: int, purpose: str, *keys: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed_sequence(seed, purpose, *keys)))
 
 
+class LazyStream:
+    """The generator ``stream(seed, purpose, *keys)`` would return, created on first use.
+
+    For streams that are handed out often and seldom drawn from (a policy's ``assign``
+    stream, once per asynchronous job: FedAvg never draws from it), where building the
+    seed sequence would cost more than the rest of the job's bookkeeping. Draws are
+    exactly those of :func:`stream`.
+    """
+
+    __slots__ = ("_args", "_g")
+
+    def __init__(self, seed: int, purpose: str, *keys: int) -> None:
+        self._args = (seed, purpose, keys)
+        self._g: np.random.Generator | None = None
+
+    def __getattr__(self, name: str) -> object:
+        if self._g is None:
+            seed, purpose, keys = self._args
+            self._g = stream(seed, purpose, *keys)
+        return getattr(self._g, name)
+
+
 def torch_generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
     """A seeded CPU ``torch.Generator`` for one purpose."""
     g = torch.Generator()

@@ -75,7 +75,7 @@ def test_no_import_cycle() -> None:
     assert not cycles, f"import cycles: {cycles}"
 
 
-RUNNER = ("fleetsim.build", "fleetsim.api", "fleetsim.compare", "fleetsim.cli",
+RUNNER = ("fleetsim.build", "fleetsim.api", "fleetsim.batch", "fleetsim.cli",
           "fleetsim.cli_batch", "fleetsim.cli_traces")
 LOADER = ("fleetsim.scenario",)
 

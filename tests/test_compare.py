@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim.cli import main
-from fleetsim.compare import (
+from fleetsim.batch import (
     Cell,
     PolicySpec,
     expand_grid,
@@ -23,6 +22,7 @@ from fleetsim.compare import (
     safe_name,
     split_top,
 )
+from fleetsim.cli import main
 from fleetsim.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

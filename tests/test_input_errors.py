@@ -355,9 +355,9 @@ def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("work started before the output path was checked")
 
+    import fleetsim.batch
     import fleetsim.build
     import fleetsim.calibration
-    import fleetsim.compare
     import fleetsim.dse
     import fleetsim.report
     import fleetsim.traces.importers
@@ -365,7 +365,7 @@ def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(fleetsim.build, "build", boom)
     monkeypatch.setattr(fleetsim.dse, "run_dse", boom)
-    monkeypatch.setattr(fleetsim.compare, "run_batch", boom)
+    monkeypatch.setattr(fleetsim.batch, "run_batch", boom)
     monkeypatch.setattr(fleetsim.report, "write_report", boom)
     monkeypatch.setattr(fleetsim.traces.source.GeneratedTraces, "write", boom)
     monkeypatch.setattr(fleetsim.traces.importers, "import_fedscale_behave", boom)

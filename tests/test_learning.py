@@ -57,10 +57,6 @@ def test_five_rounds_on_digits_learn(case: str) -> None:
         assert rows[-1]["loss"] < rows[0]["loss"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a device whose arrival is the round's "
-                   "last event is seen as still working, 1 ulp past env.now "
-                   "(engine.py _device: timeout(out.t_end - env.now)), and _close then "
-                   "cuts back work that was never recorded")
 def test_a_device_arriving_as_the_round_ends_counts_as_arrived() -> None:
     sc = load_scenario(SCENARIO, [
         "training.mode=timing", "seed=3", "training.local_steps=20",

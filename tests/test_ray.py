@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetsim.compare import expand_grid, run_batch
+from fleetsim.batch import expand_grid, run_batch
 
 ray = pytest.importorskip("ray")
 

@@ -60,6 +60,13 @@ class Selector:
                rng: np.random.Generator) -> list[int]:
         raise NotImplementedError
 
+    def select_idle(self, version: int, now_s: float, n: int,
+                    is_available: Callable[[int], bool], rng: np.random.Generator
+                    ) -> list[int]:
+        """Asynchronous mode: ``n`` devices among those idle and online
+        (``is_available``), asked for every few arrivals. Defaults to :meth:`select`."""
+        return self.select(version, now_s, n, is_available, rng)
+
     def feedback(self, reports: Sequence[DeviceReport]) -> None:
         """Learn from the last round (default: nothing)."""
 
@@ -96,6 +103,26 @@ class RandomSelector(Selector):
         # A permutation is cheap even for 100k devices (~1 ms) and, walked until n online
         # devices are found, touches only the traces of the devices it checks.
         return online_sample(rng.permutation(self.fleet.n_devices), n, is_online)
+
+    def select_idle(self, version: int, now_s: float, n: int,
+                    is_available: Callable[[int], bool], rng: np.random.Generator
+                    ) -> list[int]:
+        # Asked after nearly every arrival for one or a few devices: a permutation of a
+        # 100,000-device fleet each time would cost ~1 ms, most of an async job's budget.
+        # Draw a few candidates at random instead (uniform among the available, as the
+        # permutation is), and walk a permutation only when too few of them are available.
+        big = self.fleet.n_devices
+        if n * 8 < big:
+            out: list[int] = []
+            seen: set[int] = set()
+            for d in rng.integers(0, big, size=8 * n).tolist():
+                if d not in seen:
+                    seen.add(d)
+                    if is_available(d):
+                        out.append(d)
+                        if len(out) == n:
+                            return out
+        return online_sample(rng.permutation(big), n, is_available)
 
 
 # ----------------------------------------------------------------------------- Oort

@@ -435,7 +435,7 @@ def run_local(tasks: Sequence[CellTask], jobs: int, on_done: OnDone) -> None:
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["fleetsim.compare", "fleetsim.build", "fleetsim.results"])
+    ctx.set_forkserver_preload(["fleetsim.batch", "fleetsim.build", "fleetsim.results"])
 
     def spawn() -> _Worker:
         here, there = ctx.Pipe()
