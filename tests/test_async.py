@@ -299,3 +299,18 @@ def test_server_learning_rate_scales_the_pseudo_gradient() -> None:
         if v.is_floating_point():
             want = v + 0.5 * (full.engine.state[k] - v)  # type: ignore[index]
             torch.testing.assert_close(half.engine.state[k], want, rtol=1e-6, atol=1e-7)  # type: ignore[index]
+
+
+def test_async_batch_gives_the_same_files_with_any_jobs(tmp_path: Path) -> None:
+    from fleetsim.cli import main
+
+    tiny = Path(__file__).parents[1] / "scenarios" / "tiny.yaml"
+    sets = [a for o in (*ASYNC_TINY[:-1], "training.rounds=2") for a in ("--set", o)]
+    for jobs, name in ((1, "j1"), (2, "j2")):
+        assert main(["compare", str(tiny), "--seeds", "0-1", "--out", str(tmp_path / name),
+                     "--quiet", "--jobs", str(jobs), *sets]) == 0
+    one = sorted((p.relative_to(tmp_path / "j1"), p.read_bytes())
+                 for p in (tmp_path / "j1").rglob("rounds.csv"))
+    two = sorted((p.relative_to(tmp_path / "j2"), p.read_bytes())
+                 for p in (tmp_path / "j2").rglob("rounds.csv"))
+    assert len(one) == 2 and one == two

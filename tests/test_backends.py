@@ -121,6 +121,25 @@ def test_ray_trains_the_in_process_bits_for_sub_models_with_batch_norm(
     _assert_same(_run(case, "training.backend=ray", "training.workers=2"), _in_process(case))
 
 
+ASYNC = ("server.mode=async", "server.concurrency=4", "server.buffer_size=2")
+
+
+def test_ray_gives_the_in_process_files_in_async_mode(tmp_path: Path, ray_session: Any
+                                                      ) -> None:
+    local = _rounds_csv(tmp_path, "a-local", *ASYNC)
+    remote = _rounds_csv(tmp_path, "a-ray", *ASYNC, "training.backend=ray",
+                         "training.workers=2")
+    assert local.count(b"\n") == 5 and remote == local
+    assert _timeline(tmp_path / "a-local") == _timeline(tmp_path / "a-ray")
+
+
+def _timeline(out: Path) -> bytes:
+    import h5py
+
+    with h5py.File(out / "run.h5") as f:
+        return b"".join(f["timeline"][k][:].tobytes() for k in sorted(f["timeline"]))
+
+
 def test_trainer_uses_the_data_it_is_given() -> None:
     sc = load_scenario(None, text=TINY)
     data = build_data(sc.data, sc.fleet.devices, sc.seed)
