@@ -123,6 +123,7 @@ def test_overcommit_keeps_exactly_k() -> None:
     sc = load_scenario(None, ["training.mode=timing", "policy.options.stragglers=overcommit",
                               "training.deadline_s=null"], text=TINY)
     log = build(sc).engine.run()
+    assert len(log.rounds) == 3
     for r in log.rounds:
         assert r["selected"] == 6  # ceil(1.3 * 4)
         assert r["completed"] == 4

@@ -36,10 +36,14 @@ def as_yaml(v: Any) -> str:
 def check(text: str, fields: dict[str, Any], skip: set[str], command: bool = True) -> None:
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| `?([^|`]*)`? \|",
                                                         text, re.M)}
+    checked = 0
     for name, f in fields.items():
         assert f"`{name}`" in text, f"option {name} is not documented"
         if name in rows and name not in skip:
             assert rows[name] == as_yaml(f.default), f"default of {name}"
+            checked += 1
+    # the table pattern must keep matching, or no default would be checked at all
+    assert checked or not (set(fields) - skip), "no documented default was checked"
     for line in re.findall(r"^fleetsim run (\S+)", text, re.M):
         assert (ROOT / shlex.split(line)[0]).is_file()
     assert not command or "fleetsim run scenarios/" in text

@@ -33,6 +33,7 @@ def test_overcommit_selects_more_and_keeps_exactly_the_first_k() -> None:
     # no deadline: every selected device would finish, so exactly K are kept
     log = run("fedavg", {"stragglers": "overcommit", "overcommit": 1.3},
               ("training.deadline_s=null", "training.clients_per_round=3"))
+    assert log.rounds
     for r in log.rounds:
         assert r["selected"] == math.ceil(3 * 1.3) == 4
         assert r["completed"] == 3 and r["not_needed"] == 1

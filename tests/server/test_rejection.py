@@ -80,9 +80,10 @@ def test_one_diverged_device_leaves_the_global_model_finite_and_equal_to_the_res
            if o.device != BAD and o.job is not None]
     assert len(ups) == 3
     total = sum(u.weight for u in ups)
-    for k, v in eng.state.items():  # type: ignore[union-attr]
-        if not v.is_floating_point():
-            continue
+    floats = [k for k, v in eng.state.items() if v.is_floating_point()]  # type: ignore[union-attr]
+    assert floats
+    for k in floats:
+        v = eng.state[k]  # type: ignore[index]
         ref = sum(u.weight * u.state[k] for u in ups) / total
         assert torch.isfinite(v).all()
         torch.testing.assert_close(v, ref, rtol=1e-6, atol=1e-7)
@@ -173,7 +174,9 @@ def test_updates_are_weighted_by_their_devices_sample_counts() -> None:
     a, b = (trainer.train(start, o.job).update for o in sorted(log.timeline,  # type: ignore[arg-type]
                                                                 key=lambda o: o.device))
     assert (a.weight, b.weight) == (float(n[0]), float(n[1]))
-    for k, v in built.engine.state.items():  # type: ignore[union-attr]
-        if v.is_floating_point():
-            ref = (n[0] * a.state[k] + n[1] * b.state[k]) / (n[0] + n[1])
-            torch.testing.assert_close(v, ref.to(v.dtype), rtol=1e-6, atol=1e-7)
+    floats = [k for k, v in built.engine.state.items() if v.is_floating_point()]  # type: ignore[union-attr]
+    assert floats
+    for k in floats:
+        v = built.engine.state[k]  # type: ignore[index]
+        ref = (n[0] * a.state[k] + n[1] * b.state[k]) / (n[0] + n[1])
+        torch.testing.assert_close(v, ref.to(v.dtype), rtol=1e-6, atol=1e-7)
