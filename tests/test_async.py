@@ -314,3 +314,19 @@ def test_async_batch_gives_the_same_files_with_any_jobs(tmp_path: Path) -> None:
     two = sorted((p.relative_to(tmp_path / "j2"), p.read_bytes())
                  for p in (tmp_path / "j2").rglob("rounds.csv"))
     assert len(one) == 2 and one == two
+
+
+@pytest.mark.parametrize("selector", ["random", "oort"])
+def test_selectors_draw_only_idle_devices(selector: str) -> None:
+    tiny = Path(__file__).parents[1] / "scenarios" / "tiny.yaml"
+    sc = load_scenario(tiny, [*ASYNC_TINY, "training.mode=timing", "training.rounds=20",
+                              f"selector.name={selector}"])
+    log = build(sc).engine.run()
+    by_device: dict[int, list[tuple[float, float]]] = {}
+    for o in log.timeline:
+        by_device.setdefault(o.device, []).append((o.t_start, o.t_end))
+    assert len(log.timeline) > 40 and len(by_device) > 4
+    for spans in by_device.values():
+        spans.sort()
+        # a device's next job starts no earlier than its previous one ended
+        assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))
