@@ -250,8 +250,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:
-        """Test accuracy and mean loss of the global model."""
+        """Test accuracy and mean loss of the global model.
+
+        With ``bn_stats: static`` the model's batch-norm statistics are first recomputed
+        (:meth:`static_bn`); the global ``state`` itself is not changed.
+        """
         self.load(state)
+        self.static_bn()
         self.model.eval()
         correct, loss = 0, 0.0
         x, y = self.data.x_test, self.data.y_test
@@ -261,6 +266,20 @@ class Trainer:
             loss += float(F.cross_entropy(out, y[lo:lo + bs], reduction="sum"))
             correct += int((out.argmax(1) == y[lo:lo + bs]).sum())
         return correct / len(y), loss / len(y)
+
+    def static_bn(self) -> None:
+        """With ``bn_stats: static`` (HeteroFL's sBN), set the loaded model's batch-norm
+        statistics from the full network over the whole training set: every training
+        sample once, in index order, in mini-batches of ``eval_batch_size`` (the last one
+        shorter), averaged cumulatively as HeteroFL's code does. Deterministic: no random
+        draw, the same in every process. Does nothing for other models."""
+        if self.model.bn_stats != "static":
+            return
+        x = self.data.x_train
+        dev = next(iter(self.params.values())).device
+        bs = self.settings.eval_batch_size
+        self.model.recompute_bn_stats(x[lo:lo + bs].to(dev) for lo in range(0, len(x), bs))
+
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ nothing (the weights already are), but applies the optional 1/(1-d) rescaling, o
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -182,11 +183,14 @@ class DroppableNet(nn.Module):
     #: so the next layer sees activations of the same expected size in training (sub-network)
     #: and evaluation (full network).
     rescale: bool = True
+    #: Batch-norm statistics (see :meth:`bn`): ``running``, ``batch`` or ``static``.
+    bn_stats: str = "running"
     arch: ClassVar[str] = ""
     _keep: Keep | None = None
     _masked: bool = False
     _counter: ShapeCounter | None = None
     _leaves: dict[str, Tensor] | None = None
+    _bn_recompute: bool = False
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -315,10 +319,23 @@ class DroppableNet(nn.Module):
         return y
 
     def bn(self, x: Tensor, name: str) -> Tensor:
-        """Batch norm on the kept channels; running statistics updated on those only."""
+        """Batch norm on the kept channels, with the statistics ``bn_stats`` asks for.
+
+        ``running``: batch statistics in training, which update the running statistics
+        (of the kept channels only); the running statistics at test. ``batch``: batch
+        statistics in training and at test (the module tracks none). ``static``: batch
+        statistics in training, nothing tracked; the running statistics at test, which
+        :meth:`recompute_bn_stats` sets beforehand (HeteroFL's sBN).
+        """
         mod: nn.BatchNorm2d = self.get_submodule(name)  # type: ignore[assignment]
         idx = self._idx(self.specs[f"{name}.weight"].out)
         w, b = self.p(f"{name}.weight"), self.p(f"{name}.bias")
+        if self._counter is not None:
+            self._counter.add(x, 0)
+        if mod.running_mean is None or (self.training and self.bn_stats == "static"
+                                        and not self._bn_recompute):
+            # batch statistics only, nothing tracked (momentum is unused without buffers)
+            return F.batch_norm(x, None, None, w, b, True, 0.0, mod.eps)
         momentum = mod.momentum
         if self.training and mod.num_batches_tracked is not None:
             # the bookkeeping nn.BatchNorm2d.forward does, so both paths leave the same state
@@ -326,8 +343,6 @@ class DroppableNet(nn.Module):
             if momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(mod.num_batches_tracked)
         momentum = 0.1 if momentum is None else momentum
-        if self._counter is not None:
-            self._counter.add(x, 0)
         if idx is None:
             return F.batch_norm(x, mod.running_mean, mod.running_var, w, b, self.training,
                                 momentum, mod.eps)
@@ -341,6 +356,32 @@ class DroppableNet(nn.Module):
                 mod.running_mean.index_copy_(0, idx, rm)
                 mod.running_var.index_copy_(0, idx, rv)
         return out
+
+    @torch.no_grad()
+    def recompute_bn_stats(self, batches: Iterable[Tensor]) -> None:
+        """Set every batch norm's running statistics from the full network's forward
+        passes over ``batches`` (static batch norm, HeteroFL's sBN).
+
+        As HeteroFL's code (``momentum=None``): the statistics are reset, then each
+        batch's mean and unbiased variance enter a cumulative average, every batch
+        weighing the same. Leaves the model in evaluation mode.
+        """
+        bns = [m for m in self.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        self._bn_recompute = True
+        try:
+            self.train()
+            for x in batches:
+                self(x)
+        finally:
+            self._bn_recompute = False
+            for m, mom in zip(bns, saved):
+                m.momentum = mom
+            self.eval()
 
     def drop(self, h: Tensor, group: str) -> Tensor:
         """Where group ``group``'s channels (dim 1) leave: rescale, or zero in masked mode."""

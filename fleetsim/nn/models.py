@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
@@ -26,6 +26,33 @@ class ModelOptions(StrictNumbers):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     rescale: bool = Field(True, description="scale kept activations by 1/(1-d) in training "
                           "(inverted dropout), so train and eval see the same expected size")
+
+
+BnStats = Literal["running", "batch", "static"]
+
+
+def bn_stats_field() -> Any:
+    return Field("running", description="batch-norm statistics: running (tracked in "
+                 "training, used at test; PyTorch's default), batch (batch statistics in "
+                 "training and at test, none tracked: SLT's track_running_stats=False), "
+                 "static (batch statistics in training; before each evaluation recomputed "
+                 "by the full model over the whole training set: HeteroFL's sBN); see "
+                 "docs/policies.md")
+
+
+def add_bn(owner: DroppableNet, parent: nn.Module, attr: str, name: str, channels: int,
+           group: str) -> None:
+    """Add a batch norm of ``channels`` at ``parent.attr`` (full name ``name``) and its
+    specs, tracking running statistics unless ``owner.bn_stats`` is ``batch``."""
+    mod = nn.BatchNorm2d(channels, track_running_stats=owner.bn_stats != "batch")
+    if isinstance(parent, nn.ModuleList):
+        parent.append(mod)
+    else:
+        parent.add_module(attr, mod)
+    tensors = ("weight", "bias") if owner.bn_stats == "batch" else (
+        "weight", "bias", "running_mean", "running_var")
+    for n in tensors:
+        owner.specs[f"{name}.{n}"] = ParamSpec(out=group)
 
 
 class _MaxPool2(torch.autograd.Function):
@@ -129,6 +156,13 @@ class CNN4(DroppableNet):
         channels: tuple[Width, Width, Width, Width] = Field(
             (16, 32, 64, 64), description="filters of the four convolutions (each >= 1)")
         norm: str = Field("none", pattern="^(none|bn)$")
+        bn_stats: BnStats = bn_stats_field()
+
+        @model_validator(mode="after")
+        def _bn_only(self) -> CNN4.Options:
+            if self.bn_stats != "running" and self.norm != "bn":
+                raise ValueError("bn_stats applies to batch norm: give norm: bn too")
+            return self
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int,
                  options: CNN4.Options | None = None) -> None:
@@ -138,6 +172,7 @@ class CNN4(DroppableNet):
         self.rescale = o.rescale
         cin, h, w = image_shape(self.arch, input_shape, 4)  # two 2x2 poolings
         self.use_bn = o.norm == "bn"
+        self.bn_stats = o.bn_stats
         self.groups = tuple(Group(f"c{i}", c) for i, c in enumerate(o.channels))
         self.specs = {}
         self.convs = nn.ModuleList()
@@ -148,9 +183,7 @@ class CNN4(DroppableNet):
             self.specs[f"convs.{i}.weight"] = ParamSpec(out=f"c{i}", inp=prev_g)
             self.specs[f"convs.{i}.bias"] = ParamSpec(out=f"c{i}")
             if self.use_bn:
-                self.bns.append(nn.BatchNorm2d(c))
-                for n in ("weight", "bias", "running_mean", "running_var"):
-                    self.specs[f"bns.{i}.{n}"] = ParamSpec(out=f"c{i}")
+                add_bn(self, self.bns, str(i), f"bns.{i}", c, f"c{i}")
             prev, prev_g = c, f"c{i}"
         hw = (h // 4) * (w // 4)
         self.head = nn.Linear(prev * hw, num_classes)

@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from fleetsim.nn.base import DroppableNet, Group, ParamSpec
-from fleetsim.nn.models import MODELS, ModelOptions
+from fleetsim.nn.models import MODELS, BnStats, ModelOptions, add_bn, bn_stats_field
 
 _STAGE_CHANNELS = (16, 32, 64)
 
@@ -69,6 +69,7 @@ class CifarResNet(DroppableNet):
 
     class Options(ModelOptions):
         width: float = Field(1.0, gt=0, description="multiplier of the stage widths 16/32/64")
+        bn_stats: BnStats = bn_stats_field()
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int,
                  options: CifarResNet.Options | None = None) -> None:
@@ -76,6 +77,7 @@ class CifarResNet(DroppableNet):
         o = options or self.Options()
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.rescale = o.rescale
+        self.bn_stats = o.bn_stats
         widths = [max(1, round(c * o.width)) for c in _STAGE_CHANNELS]
         self.specs = {}
         groups: list[Group] = []
@@ -118,11 +120,9 @@ class CifarResNet(DroppableNet):
             parent = parent.get_submodule(part)
         unit = nn.Module()
         unit.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
-        unit.bn = nn.BatchNorm2d(cout)
         parent.add_module(leaf, unit)
         self.specs[f"{name}.conv.weight"] = ParamSpec(out=out, inp=inp)
-        for n in ("weight", "bias", "running_mean", "running_var"):
-            self.specs[f"{name}.bn.{n}"] = ParamSpec(out=out)
+        add_bn(self, unit, "bn", f"{name}.bn", cout, out)
 
     def _init_weights(self) -> None:
         for m in self.modules():
