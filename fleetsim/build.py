@@ -203,7 +203,7 @@ def engine_settings(sc: Scenario) -> EngineSettings:
         clients_per_round=tr.clients_per_round, deadline_s=tr.deadline_s,
         local_steps=tr.local_steps, batch_size=tr.batch_size, idle_wait_s=tr.idle_wait_s,
         server_time_s=tr.server_time_s, eval_every_rounds=sc.eval.every_rounds,
-        policy_name=sc.policy.name, server=sc.server)
+        policy_name=sc.policy.name, server=sc.server, local_epochs=tr.local_epochs)
 
 
 def dse_job(sc: Scenario) -> DSEJob:
@@ -354,7 +354,7 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
         class_peaks=tuple(c.peak_macs_per_s for c in fleet.classes),
         costs=costs, local_steps=sc.training.local_steps, batch_size=sc.training.batch_size,
         deadline_s=sc.training.deadline_s, seed=sc.seed,
-        timing_only=sc.training.mode == "timing",
+        timing_only=sc.training.mode == "timing", local_epochs=sc.training.local_epochs,
         class_mean_availability=class_mean_availability(fleet, sc.seed))
     try:
         policy = pcls(pcls.Options(**options), ctx)

@@ -143,7 +143,13 @@ class TrainingConfig(Section):
     deadline_s: float | None = Field(300.0, gt=0, description="round deadline after its "
                                      "start (null: none); an update arriving exactly at "
                                      "the deadline counts")
-    local_steps: int = Field(20, ge=1, description="mini-batches of local work per round")
+    local_steps: int = Field(20, ge=1, description="mini-batches of local work per round "
+                             "(not with local_epochs)")
+    local_epochs: float | None = Field(None, gt=0, description="instead of local_steps: "
+                                       "passes over its own data per round; a device with "
+                                       "n samples does ceil(E*n/b) mini-batches of b = "
+                                       "min(batch_size, n), the last one shorter (FedAvg's "
+                                       "E; null: local_steps)")
     batch_size: int = Field(32, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     backend: Literal["inprocess", "pool", "ray"] = Field("inprocess", description="where "
@@ -160,6 +166,8 @@ class TrainingConfig(Section):
     def _stop(self) -> TrainingConfig:
         if self.rounds is None and self.time_budget_s is None:
             raise ValueError("give rounds or time_budget_s (or both)")
+        if self.local_epochs is not None and "local_steps" in self.model_fields_set:
+            raise ValueError("give local_steps or local_epochs, not both")
         return self
 
 

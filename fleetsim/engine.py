@@ -40,7 +40,7 @@ from fleetsim.rng import LazyStream, stream
 from fleetsim.server.aggregation import AGGREGATORS
 from fleetsim.server.buffered import BufferedAggregator, staleness_weight
 from fleetsim.server.selection import DeviceReport, Selector
-from fleetsim.training import UpdateJob
+from fleetsim.training import UpdateJob, epoch_samples, epoch_steps
 
 INF = math.inf
 #: Device outcomes of a round, in the order of their codes in ``run.h5`` (append only).
@@ -119,6 +119,8 @@ class EngineSettings:
     clients_per_round : K
     deadline_s : round deadline after its start (None: none)
     local_steps, batch_size : the devices' local work
+    local_epochs : instead of ``local_steps``, each device does ceil(E * n / b)
+        mini-batches over its n samples (None: ``local_steps``)
     idle_wait_s : retry interval when no device is online
     server_time_s : simulated aggregation time per round
     eval_every_rounds : evaluate the global model every this many rounds (and the last)
@@ -137,6 +139,7 @@ class EngineSettings:
     server_time_s: float = 0.0
     eval_every_rounds: int = 1
     policy_name: str = ""
+    local_epochs: float | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
 
 
@@ -536,6 +539,12 @@ class Engine:
         d, t_start = out.device, out.t_start
         if key is None:
             key = out.round
+        if self.settings.local_epochs is not None and a.steps is None:
+            # local_epochs: the device's own number of mini-batches, the last one short
+            n_d = int(self.n_samples[d])
+            a = dataclasses.replace(
+                a, steps=epoch_steps(self.settings.local_epochs, n_d, self.settings.batch_size),
+                samples=epoch_samples(self.settings.local_epochs, n_d))
         tr = fleet.trace(d)
         path = fleet.path(d)
         t_off = tr.next_offline(t_start)
@@ -558,6 +567,10 @@ class Engine:
         deadline_abs = t_start + deadline_s if deadline_s is not None else INF
         vectors: dict[tuple[float, ...], int] = {}
         step_vec: list[int] = []
+        # local_epochs: the last planned mini-batch holds what is left of the samples
+        short_at, short_b = -1, batch
+        if a.samples is not None and a.steps is not None:
+            short_at, short_b = a.steps - 1, a.samples - (a.steps - 1) * batch
         work = plan.work = [] if record else None
         if self._fixed_work:
             # Hot path: policies that keep the base decide() train the assigned vector for
@@ -597,7 +610,7 @@ class Engine:
 
         vec: tuple[float, ...] | None = None
         while (vec := next_vector(len(step_vec), t, vec)) is not None:
-            macs = costs.step_macs(vec, batch)
+            macs = costs.step_macs(vec, batch if len(step_vec) != short_at else short_b)
             t_next = tr.finish_time(t, macs / peak)
             if a.partial and t_next + up_s > deadline_abs:
                 break  # partial work: send what is done when time is up
@@ -628,7 +641,8 @@ class Engine:
             # selectors hear how long one mini-batch and the upload would have taken, so
             # they learn it is slow ("dropped" would say it went offline, and hide that).
             if vec is None:  # the policy stopped: time the step it was assigned
-                macs = costs.step_macs(a.submodel or self.policy.zero, batch)
+                macs = costs.step_macs(a.submodel or self.policy.zero,
+                                       batch if short_at != 0 else short_b)
                 t_next = tr.finish_time(t, macs / peak)
             out.need_s = t_next + up_s - t_start
             end, why = _phase_end(t + lat, t_off, cutoff)
@@ -643,8 +657,10 @@ class Engine:
             out.status = why
             return
         out.status = "completed"
+        # a policy that trained past its epoch work (distreal's work: fill) has full batches
+        samples = a.samples if short_at >= len(step_vec) - 1 else None
         out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
-                            a.reselect, a.offset, self.train_spec.prox_mu)
+                            a.reselect, a.offset, self.train_spec.prox_mu, samples)
 
     def _checked(self, a: Assignment) -> Assignment:
         """``a`` with its sub-model vector checked (a policy is user code)."""

@@ -46,6 +46,9 @@ class UpdateJob:
     reselect: str = "step"
     offset: int = 0
     prox_mu: float = 0.0
+    #: local_epochs' work: the mini-batches cover exactly this many samples (the last one
+    #: shorter); None: every mini-batch is full (see :func:`batch_indices`)
+    samples: int | None = None
 
     @property
     def steps(self) -> int:
@@ -101,15 +104,40 @@ def build_data(data: DataConfig, n_devices: int, seed: int) -> tuple[Dataset, Pa
     return ds, part
 
 
+def epoch_samples(epochs: float, n: int) -> int:
+    """Samples that ``epochs`` passes over ``n`` samples visit: ceil(epochs * n).
+
+    Rounded to 9 decimals first, so that float error (0.1 * 30 = 3.0000000000000004)
+    does not add a sample."""
+    return math.ceil(round(epochs * n, 9))
+
+
+def epoch_steps(epochs: float, n: int, batch: int) -> int:
+    """Mini-batches of ``local_epochs`` work: ceil(epochs * n / b), b = min(batch, n), at
+    least 1 (FedAvg's u = E n / B, with a shorter last mini-batch)."""
+    b = max(1, min(batch, n))
+    return max(1, -(-epoch_samples(epochs, n) // b))
+
+
 def batch_indices(part: Partition, device: int, round: int, steps: int, batch: int,
-                  seed: int) -> list[np.ndarray]:
-    """Training-set indices of each mini-batch: passes over a fresh permutation per epoch."""
+                  seed: int, samples: int | None = None) -> list[np.ndarray]:
+    """Training-set indices of each mini-batch: passes over a fresh permutation per epoch.
+
+    The mini-batches take consecutive runs of ``min(batch, n)`` entries of the stream of
+    permutations. With ``samples`` (``local_epochs``: :func:`epoch_samples`), the stream
+    ends after that many entries, so the last mini-batch may be shorter: with one epoch,
+    every sample of the device is in exactly one mini-batch.
+    """
     own = part.of(device)
     n = len(own)
     b = min(batch, n)
     rng = stream(seed, "batches", round, device)
     need = steps * b
     order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
+    if samples is not None and samples < need:
+        if samples <= (steps - 1) * b:
+            raise ValueError(f"{steps} mini-batches of {b} need more than {samples} samples")
+        order = order[:samples]
     return [own[order[j * b:(j + 1) * b]] for j in range(steps)]
 
 
@@ -159,7 +187,7 @@ class Trainer:
         model.train()
         seed = self.seed
         batches = batch_indices(self.partition, job.device, job.round, job.steps, self.batch,
-                                seed)
+                                seed, job.samples)
         lr, mom, wd = self.opt.lr, self.opt.momentum, self.opt.weight_decay
         params = self.params
         bufs = {k: torch.zeros_like(p) for k, p in params.items()} if mom > 0 else None

@@ -51,6 +51,9 @@ class PolicyContext:
     deadline_s: float | None
     seed: int
     timing_only: bool = False
+    #: ``training.local_epochs`` (None: ``local_steps`` per device). When set, each
+    #: device's mini-batches are ``steps_of(assignment)``, which differ by sample count
+    local_epochs: float | None = None
     #: long-run mean availability of each class (sampled from its traces), for policies
     #: that plan offline, such as distreal-static
     class_mean_availability: tuple[float, ...] = ()
@@ -78,7 +81,12 @@ class Assignment:
     offset : window start for ``rolling``
     partial : stop when the deadline comes and send the mini-batches done (FedProx)
     steps : mini-batches to do this round (None: ``training.local_steps``), for policies
-        whose devices do different amounts of work (FedNova)
+        whose devices do different amounts of work (FedNova). With
+        ``training.local_epochs`` the engine sets it, where the policy left it None, to the
+        device's ceil(E * n / b) (and ``samples`` to ceil(E * n)), so ``steps_of`` is then
+        per device
+    samples : training samples the ``steps`` mini-batches cover (``local_epochs``: the
+        last mini-batch is shorter); None: every mini-batch is full
     """
 
     submodel: Vector | None = None
@@ -87,6 +95,7 @@ class Assignment:
     offset: int = 0
     partial: bool = False
     steps: int | None = None
+    samples: int | None = None
 
 
 @dataclass(frozen=True)

@@ -84,11 +84,13 @@ class CandidatePolicy(Policy):
     def decide(self, obs: StepObservation) -> Decision:
         o = self.options
         assert isinstance(o, AdaptiveOptions)
-        if o.work == "fixed" and obs.step >= self.ctx.local_steps:
+        # the device's own mini-batches: local_steps, or its local_epochs' share
+        steps = self.steps_of(obs.assignment)
+        if o.work == "fixed" and obs.step >= steps:
             return STOP
         if o.reselect == "round" and obs.last_vector is not None:
             return Decision(obs.last_vector)
-        steps_left = self.ctx.local_steps - obs.step if o.work == "fixed" else 1
+        steps_left = steps - obs.step if o.work == "fixed" else 1
         vec = self.choose(obs, steps_left)
         if vec is not None:
             return Decision(vec)
@@ -225,7 +227,9 @@ def useful_uniform_rates(path: str, rates: list[float], ctx: PolicyContext) -> l
 class DistrealStatic(Policy):
     """Ablation of DISTREAL without run-time adaptation: one front vector per device class
     for the whole run -- the best-proxy vector that finishes ``local_steps`` mini-batches
-    within the deadline at the class's peak speed and long-run mean availability."""
+    within the deadline at the class's peak speed and long-run mean availability. With
+    ``local_epochs``, the vector is chosen for the device's own number of mini-batches
+    (per class and step count, the same rule)."""
 
     summary = "one DSE front vector per device class, fixed for the run"
 
@@ -238,18 +242,30 @@ class DistrealStatic(Policy):
     def __init__(self, options: PolicyOptions, ctx: PolicyContext) -> None:
         super().__init__(options, ctx)
         assert isinstance(options, DistrealStatic.Options)
-        cands = front_candidates(options.front, options.useful_only, ctx)
-        deadline = ctx.deadline_s if ctx.deadline_s is not None else math.inf
-        self.per_class: list[Vector] = []
-        for k, peak in enumerate(ctx.class_peaks):
+        self._cands = front_candidates(options.front, options.useful_only, ctx)
+        self._memo: dict[tuple[int, int], Vector] = {}
+        self.per_class: list[Vector] = [self._vector(k, ctx.local_steps)
+                                        for k in range(len(ctx.class_peaks))]
+
+    def _vector(self, k: int, steps: int) -> Vector:
+        """The best-proxy candidate that does ``steps`` mini-batches of class ``k`` in time."""
+        v = self._memo.get((k, steps))
+        if v is None:
+            ctx, o = self.ctx, self.options
+            assert isinstance(o, DistrealStatic.Options)
+            deadline = ctx.deadline_s if ctx.deadline_s is not None else math.inf
             avail = ctx.class_mean_availability[k] if ctx.class_mean_availability else 1.0
-            speed = peak * max(avail, 1e-12)
-            fits = [v for v in cands
-                    if ctx.local_steps * ctx.costs.step_macs(v, ctx.batch_size) / speed
-                    * options.margin <= deadline]
-            self.per_class.append(fits[0] if fits else cands[-1])
+            speed = ctx.class_peaks[k] * max(avail, 1e-12)
+            fits = [c for c in self._cands
+                    if steps * ctx.costs.step_macs(c, ctx.batch_size) / speed
+                    * o.margin <= deadline]
+            v = self._memo[(k, steps)] = fits[0] if fits else self._cands[-1]
+        return v
 
     def decide(self, obs: StepObservation) -> Decision:
-        if obs.step >= self.ctx.local_steps:
+        steps = self.steps_of(obs.assignment)
+        if obs.step >= steps:
             return STOP
-        return Decision(self.per_class[obs.device_class])
+        if self.ctx.local_epochs is None:
+            return Decision(self.per_class[obs.device_class])
+        return Decision(self._vector(obs.device_class, steps))
