@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from fleetsim.batched import batched_in_order
 from fleetsim.data import Dataset, Partition
 from fleetsim.errors import UserError
 from fleetsim.registry import Registry
@@ -24,11 +25,13 @@ from fleetsim.training import Trainer, TrainerSettings, UpdateJob, UpdateResult
 @dataclass(frozen=True)
 class BackendSettings:
     """Where training runs: ``name`` (a registered backend), its worker processes or Ray
-    actors, and a Ray cluster address (None: a local Ray)."""
+    actors, a Ray cluster address (None: a local Ray), and whether the in-process backend
+    trains full-model updates of the same step count together (:mod:`fleetsim.batched`)."""
 
     name: str = "inprocess"
     workers: int = 1
     ray_address: str | None = None
+    batched: bool = False
 
 
 class Backend:
@@ -85,6 +88,9 @@ class InProcess(Backend):
 
     def train(self, state: Mapping[str, Tensor], jobs: Sequence[UpdateJob]
               ) -> Iterator[UpdateResult]:
+        if self.where.batched:
+            yield from batched_in_order(self.trainer, state, jobs)
+            return
         for job in jobs:
             yield self.trainer.train(state, job)
 

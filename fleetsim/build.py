@@ -187,12 +187,12 @@ def trainer_settings(sc: Scenario) -> TrainerSettings:
     return TrainerSettings(seed=sc.seed, data=sc.data, n_devices=sc.fleet.devices,
                            model=sc.model, optimizer=tr.optimizer, batch_size=tr.batch_size,
                            eval_batch_size=sc.eval.batch_size, threads=tr.threads,
-                           plugins=tuple(sc.plugins))
+                           plugins=tuple(sc.plugins), device=tr.device)
 
 
 def backend_settings(sc: Scenario) -> BackendSettings:
     tr = sc.training
-    return BackendSettings(tr.backend, tr.workers, tr.ray_address)
+    return BackendSettings(tr.backend, tr.workers, tr.ray_address, tr.batched)
 
 
 def engine_settings(sc: Scenario) -> EngineSettings:

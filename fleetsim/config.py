@@ -158,6 +158,14 @@ class TrainingConfig(Section):
     threads: int = Field(1, ge=1, description="torch threads per worker; 1 keeps results "
                          "identical across backends")
     ray_address: str | None = Field(None, description="Ray cluster address (ray backend)")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where real training "
+                                                   "runs: cpu, cuda (an error without a "
+                                                   "GPU) or auto (cuda if available); "
+                                                   "aggregation and results stay on the CPU")
+    batched: bool = Field(False, description="in-process backend: train a round's "
+                          "full-model updates together, one vectorised step per mini-batch "
+                          "(fleetsim.batched; models without batch norm; equal to the "
+                          "one-by-one path to float rounding, not bit for bit)")
     server_time_s: float = Field(0.0, ge=0, description="simulated aggregation time per round")
     idle_wait_s: float = Field(60.0, gt=0, description="how long the server waits before "
                                "retrying when no device is online")
@@ -168,6 +176,8 @@ class TrainingConfig(Section):
             raise ValueError("give rounds or time_budget_s (or both)")
         if self.local_epochs is not None and "local_steps" in self.model_fields_set:
             raise ValueError("give local_steps or local_epochs, not both")
+        if self.batched and self.backend != "inprocess":
+            raise ValueError("training.batched needs training.backend: inprocess")
         return self
 
 

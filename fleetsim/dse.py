@@ -167,8 +167,9 @@ class Evaluator:
         self.trainer.load(state)
         self.trainer.model.eval()
         with torch.no_grad():
-            out = self.trainer.model(self.trainer.data.x_test)
-            loss = float(F.cross_entropy(out, self.trainer.data.y_test))
+            _, _, x, y = self.trainer.device_data()  # on the training device
+            out = self.trainer.model(x)
+            loss = float(F.cross_entropy(out, y))
         # a diverged run is simply very bad; capping keeps NSGA-II's crowding distances finite
         return loss if math.isfinite(loss) and loss < PROXY_CAP else PROXY_CAP
 

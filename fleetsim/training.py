@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fleetsim.config import DataConfig, ModelConfig, OptimizerConfig
 from fleetsim.data import Dataset, Partition, load_dataset, make_partition
+from fleetsim.errors import allowed, input_error
 from fleetsim.nn import DroppableNet, Keep, build_model, select_channels
 from fleetsim.plugins import load_plugins
 from fleetsim.rng import int_seed, stream, torch_generator
@@ -83,6 +84,8 @@ class TrainerSettings:
     eval_batch_size : mini-batch size of evaluation
     threads : torch threads in this process
     plugins : plugin files or modules to load in every process that trains
+    device : where the model and data live while training: cpu, cuda or auto (cuda if
+        available); states handed out (updates, initial state) are always on the CPU
     """
 
     seed: int
@@ -94,6 +97,29 @@ class TrainerSettings:
     eval_batch_size: int = 1000
     threads: int = 1
     plugins: tuple[str, ...] = ()
+    device: str = "cpu"
+
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of setting ``training.device`` (a UserError when not usable)."""
+    if name not in DEVICES:
+        raise input_error(None, "training.device", f"{name!r} is not a device fleetsim "
+                          "trains on", allowed(DEVICES))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise input_error(None, "training.device", "cuda was asked for, but this PyTorch "
+                          "sees no CUDA GPU (torch.cuda.is_available() is False)",
+                          "cpu, or auto (cuda where a GPU is present, else cpu)")
+    return torch.device(name)
+
+
+def to_cpu(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A detached CPU copy of ``state`` (what the engine and aggregation receive)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def build_data(data: DataConfig, n_devices: int, seed: int) -> tuple[Dataset, Partition]:
@@ -158,6 +184,7 @@ class Trainer:
         load_plugins(s.plugins)  # a worker process needs the user's models and datasets too
         self.settings = s
         self.seed = s.seed
+        self.device = resolve_device(s.device)
         self.data, self.partition = data if data is not None else build_data(
             s.data, s.n_devices, s.seed)
         # PyTorch's default initialisation draws from the global generator: seed it from the
@@ -166,14 +193,28 @@ class Trainer:
         torch.manual_seed(int_seed(s.seed, "init"))
         self.model: DroppableNet = build_model(s.model.arch, self.data.input_shape,
                                                self.data.num_classes, s.model.options)
+        self.model.to(self.device)
+        self._on_device: tuple[Dataset, tuple[Tensor, ...]] | None = None
         self.params = dict(self.model.named_parameters())
         self.float_buffers = {k: v for k, v in self.model.named_buffers() if v.is_floating_point()}
         self.mask_names = list(self.params) + list(self.float_buffers)
         self.opt = s.optimizer
         self.batch = s.batch_size
 
+    def device_data(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x_train, y_train, x_test, y_test of ``data`` on the training device: copied once
+        per dataset (on the CPU, the tensors themselves). ``data`` may be replaced after
+        construction (the DSE does), so the copy is kept with the dataset it came from."""
+        cached = self._on_device
+        if cached is None or cached[0] is not self.data:
+            d = self.data
+            cached = self._on_device = (d, tuple(t.to(self.device) for t in (
+                d.x_train, d.y_train, d.x_test, d.y_test)))
+        x, y, xt, yt = cached[1]
+        return x, y, xt, yt
+
     def initial_state(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return to_cpu(self.model.state_dict())
 
     def load(self, state: Mapping[str, Tensor]) -> None:
         with torch.no_grad():
@@ -198,8 +239,9 @@ class Trainer:
         if job.reselect == "round":
             round_keep = self._keep(job, 0, torch_generator(seed, "channels", job.round,
                                                             job.device))
-        loss_sum = torch.zeros(())
-        x_all, y_all = self.data.x_train, self.data.y_train
+        loss_sum = torch.zeros((), device=self.device)
+        x_all, y_all, _, _ = self.device_data()
+        on_cpu = self.device.type == "cpu"
         for j, idx in enumerate(batches):
             if job.reselect == "round":
                 keep = round_keep
@@ -208,25 +250,28 @@ class Trainer:
                                                               job.device))
             else:
                 keep = self._keep(job, j, None)
-            ti = torch.from_numpy(idx)
+            # the channel choice is drawn on the CPU; the coverage masks stay there
+            dkeep = keep if on_cpu or keep is None else {
+                g: i.to(self.device) for g, i in keep.items()}
+            ti = torch.from_numpy(idx).to(self.device)
             x, y = x_all[ti], y_all[ti]
             # the sub-network's parameters as leaves of its own size (see DroppableNet.forward)
             leaves: dict[str, Tensor] = {}
-            out = model(x, keep, leaves=leaves)
+            out = model(x, dkeep, leaves=leaves)
             task_loss = F.cross_entropy(out, y)
             loss = task_loss
             if anchor is not None:
-                loss = loss + 0.5 * job.prox_mu * self._prox(anchor, keep, leaves)
+                loss = loss + 0.5 * job.prox_mu * self._prox(anchor, dkeep, leaves)
             for p in params.values():
                 p.grad = None
             loss.backward()
-            sgd_update(model, params, keep, leaves, lr, mom, wd, bufs)
+            sgd_update(model, params, dkeep, leaves, lr, mom, wd, bufs)
             if not all_full:
                 all_full = self._cover(masks, keep)
             # the task loss alone: train_loss and Oort's utility measure the data, not how
             # far FedProx's penalty has let the weights move
             loss_sum = loss_sum + task_loss.detach()
-        out_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        out_state = to_cpu(model.state_dict())
         update = Update(job.device, job.weight, out_state, masks, job.steps)
         return UpdateResult(update, float(loss_sum), job.steps)
 
@@ -241,7 +286,7 @@ class Trainer:
     def _prox(self, anchor: dict[str, Tensor], keep: Keep | None,
               leaves: dict[str, Tensor]) -> Tensor:
         """FedProx's ||w - w_global||^2 over the elements this step trains."""
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for k, p in self.params.items():
             leaf = leaves.get(k)
             if leaf is None:
@@ -287,7 +332,7 @@ class Trainer:
         self.static_bn()
         self.model.eval()
         correct, loss = 0, 0.0
-        x, y = self.data.x_test, self.data.y_test
+        _, _, x, y = self.device_data()
         bs = self.settings.eval_batch_size
         for lo in range(0, len(y), bs):
             out = self.model(x[lo:lo + bs])

@@ -85,6 +85,7 @@ LOADER = ("fleetsim.scenario",)
     ("fleetsim.dse", ("fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.server.aggregation", ("fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.training", ("fleetsim.server", "fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.batched", ("fleetsim.server", "fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.backends", ("fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.traces", ("fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.nn", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
@@ -104,7 +105,7 @@ def test_the_check_can_fail() -> None:
 
 
 @pytest.mark.parametrize("module", ["fleetsim.engine", "fleetsim.training", "fleetsim.backends",
-                                    "fleetsim.dse"])
+                                    "fleetsim.dse", "fleetsim.batched"])
 def test_parts_take_settings_not_the_scenario(module: str) -> None:
     """The engine, trainer, backends and DSE never see a whole Scenario."""
     path = PKG / (module.removeprefix("fleetsim.").replace(".", "/") + ".py")
