@@ -6,6 +6,7 @@ transfers are nearly instant (1e9 Mbit/s), so times are those integers up to ~1e
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -329,4 +330,4 @@ def test_selectors_draw_only_idle_devices(selector: str) -> None:
     for spans in by_device.values():
         spans.sort()
         # a device's next job starts no earlier than its previous one ended
-        assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))
+        assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans))
