@@ -444,7 +444,9 @@ class Engine:
         if out.status != "completed":
             self._release(out.start_version)
             self._ended.append(out)
-        if len(self._buffer) >= srv.buffer_size:
+        # not past training.rounds: arrivals at the instant of the last aggregation stay
+        # in the buffer (and end as not needed)
+        if len(self._buffer) >= srv.buffer_size and not self._async_done():
             self._aggregate_buffer(t)
 
     def _aggregate_buffer(self, t: float) -> None:
@@ -555,6 +557,8 @@ class Engine:
         # download
         t = t_start + down_s
         plan = out.plan = _Plan(nbytes, lat, t_start, down_s)
+        # recorded from the start: a round can close while the device is still downloading
+        work = plan.work = [] if record else None
         end, why = _phase_end(t, t_off, cutoff)
         out.bytes_down = _sent(nbytes, t_start, down_s, end, lat)
         if why:
@@ -571,7 +575,6 @@ class Engine:
         short_at, short_b = -1, batch
         if a.samples is not None and a.steps is not None:
             short_at, short_b = a.steps - 1, a.samples - (a.steps - 1) * batch
-        work = plan.work = [] if record else None
         if self._fixed_work:
             # Hot path: policies that keep the base decide() train the assigned vector for
             # a fixed number of mini-batches; asking them would cost an observation, an

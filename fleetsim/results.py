@@ -70,8 +70,8 @@ def publish(staged: Path, out: Path) -> None:
     An interruption in between leaves a folder without ``run.h5`` -- incomplete, which
     ``compare`` reruns -- but never one run's ``rounds.csv`` beside another's ``run.h5``.
     """
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()  # (a link to an empty folder is filled through the link instead)
     if not out.exists():
         os.rename(staged, out)
         return

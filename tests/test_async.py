@@ -331,3 +331,38 @@ def test_selectors_draw_only_idle_devices(selector: str) -> None:
         spans.sort()
         # a device's next job starts no earlier than its previous one ended
         assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans))
+
+
+SLOW_DOWNLOAD = ("fleet.classes=[{name: fast, share: 0.5, peak_macs_per_s: 2.0e5}, "
+                 "{name: slow, share: 0.5, peak_macs_per_s: 2.0e4, uplink_mbps: 2, "
+                 "downlink_mbps: 0.0001}]")
+
+
+@pytest.mark.parametrize("extra", [
+    ("server.mode=async", "server.concurrency=4", "server.buffer_size=2", "training.rounds=2"),
+    ("training.clients_per_round=1", "policy.options.stragglers=overcommit",
+     "policy.options.overcommit=4", "training.rounds=3"),
+])
+def test_a_close_while_a_device_still_downloads_cuts_back_its_download(extra: tuple[str, ...]
+                                                                       ) -> None:
+    # review finding: the work record began after the download, so closing the round (or
+    # ending the async run) during a device's download crashed in _cut_back
+    tiny = Path(__file__).parents[1] / "scenarios" / "tiny.yaml"
+    sc = load_scenario(tiny, ["training.mode=timing", SLOW_DOWNLOAD, *extra])
+    log = build(sc).engine.run()
+    cut = [o for o in log.timeline if o.status == "not_needed" and o.steps == 0]
+    assert cut  # some device was stopped during its (very slow) download
+    assert all(o.bytes_down < 1_000_000 and o.macs == 0.0 for o in cut)
+
+
+def test_async_writes_exactly_training_rounds_aggregations() -> None:
+    # review finding: arrivals at the instant of the last aggregation aggregated again
+    tiny = Path(__file__).parents[1] / "scenarios" / "tiny.yaml"
+    sc = load_scenario(tiny, [
+        "training.mode=timing", "server.mode=async", "server.concurrency=4",
+        "server.buffer_size=2", "training.rounds=1",
+        "fleet.classes=[{name: a, share: 1.0, peak_macs_per_s: 2.0e5}]",
+        "fleet.traces={generator: constant, options: {mean_online_s: 1.0e9}}"])
+    log = build(sc).engine.run()
+    assert len(log.rounds) == 1
+    assert sum(o.status == "completed" for o in log.timeline) == 2

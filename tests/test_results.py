@@ -94,3 +94,13 @@ def test_every_column_and_status_is_documented(tmp_path: Path, two_runs) -> None
     with h5py.File(tmp_path / "r" / "run.h5") as f:
         assert set(f["timeline"]) == set(TIMELINE_COLUMNS)
         assert set(f["rounds"]) == set(ROUND_COLUMNS)
+
+
+def test_a_link_to_an_empty_folder_is_filled_through_the_link(tmp_path: Path) -> None:
+    from fleetsim.results import write_files
+
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    write_files(tmp_path / "link", [("rounds.csv", b"x"), ("run.h5", b"y")])
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "target").iterdir()) == ["rounds.csv", "run.h5"]
