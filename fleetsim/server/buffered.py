@@ -18,13 +18,13 @@ the sums are the same bits in any backend. Non-finite updates are rejected, as i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from fleetsim.config import StalenessConfig
-from fleetsim.server.aggregation import is_finite
+from fleetsim.server.aggregation import Aggregator, is_finite
 from fleetsim.updates import Update
 
 
@@ -38,8 +38,12 @@ def staleness_weight(cfg: StalenessConfig, s: int) -> float:
     return 1.0 if s <= cfg.b else 1.0 / (cfg.a * (s - cfg.b) + 1.0)
 
 
-class BufferedAggregator:
+class BufferedAggregator(Aggregator):
     """Running sums of staleness-weighted changes, into buffers of the model's shapes.
+
+    Shares :class:`~fleetsim.server.aggregation.Aggregator`'s sums and masks; what differs
+    is what is summed (changes from each update's own start, staleness-weighted) and
+    that updates come in start order rather than device order.
 
     Parameters
     ----------
@@ -47,16 +51,8 @@ class BufferedAggregator:
     buffers : names of float buffers (statistics: averaged, not moved by changes)
     """
 
-    def __init__(self, global_state: Mapping[str, Tensor], buffers: Iterable[str] = ()) -> None:
-        self.global_state = global_state
-        self.buffers = frozenset(buffers)
-        self.names = [k for k, v in global_state.items() if v.is_floating_point()]
-        self.num = {k: torch.zeros_like(global_state[k]) for k in self.names}
-        self.den = {k: torch.zeros_like(global_state[k]) for k in self.names}
-        self.count = 0
-        self._last = -1
-
-    def add(self, order: int, u: Update, start: Mapping[str, Tensor], weight_s: float) -> bool:
+    def add(self, order: int, u: Update, start: Mapping[str, Tensor],  # type: ignore[override]
+            weight_s: float) -> bool:
         """Add update ``u`` (trained from ``start``) with staleness weight ``weight_s``;
         ``order`` (the job's start index) must increase. False: not finite, not added."""
         if order <= self._last:
@@ -76,10 +72,6 @@ class BufferedAggregator:
                 self.num[k].addcmul_(x - start[k], mw, value=weight_s)
             self.den[k].add_(mw)
         return True
-
-    def trained(self) -> dict[str, Tensor]:
-        """Per float tensor, the elements some update trained."""
-        return {k: self.den[k] > 0 for k in self.names}
 
     def result(self) -> dict[str, Tensor]:
         """The aggregate: the global model moved by the weighted changes."""
