@@ -95,6 +95,11 @@ def split_top(text: str, sep: str) -> list[str]:
 class PolicySpec:
     """A policy of the grid: ``name`` or ``name:key=value;key2=value``.
 
+    A key without a dot is one of the policy's options (``fedavg:stragglers=wait``); a
+    dotted key is a scenario key set for this policy's cells only
+    (``fedprox:training.optimizer.lr=0.1``), so each method can run at its own tuned
+    learning rate in one grid.
+
     Attributes
     ----------
     name : registered policy name
@@ -123,8 +128,10 @@ class PolicySpec:
 
     @property
     def label(self) -> str:
-        """Folder name, e.g. ``fedavg`` or ``fedavg+stragglers=wait``."""
-        return safe_name("+".join([self.name, *(f"{k}={v}" for k, v in self.options)]))
+        """Folder name, e.g. ``fedavg``, ``fedavg+stragglers=wait`` or, for the scenario
+        override ``training.optimizer.lr=0.1``, ``fedavg+lr=0.1`` (the key's last part)."""
+        return safe_name("+".join([self.name, *(f"{k.rpartition('.')[2]}={v}"
+                                                for k, v in self.options)]))
 
     @property
     def text(self) -> str:
@@ -136,8 +143,11 @@ class PolicySpec:
         ``base_policy``: the same policy keeps the scenario's options (given ones on
         top); another policy starts from its defaults."""
         reset = [] if self.name == base_policy else ["policy.options={}"]
+        # a dotted key is a scenario key for this policy's cells only (e.g. the learning
+        # rate a sweep chose for it); a plain key is one of the policy's own options
         return [f"policy.name={self.name}", *reset,
-                *(f"policy.options.{k}={v}" for k, v in self.options)]
+                *(f"{k}={v}" if "." in k else f"policy.options.{k}={v}"
+                  for k, v in self.options)]
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

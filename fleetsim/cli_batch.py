@@ -39,7 +39,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scenarios", nargs="+", metavar="SCENARIO.yaml", help="scenario files")
     p.add_argument("--policies", metavar="P1,P2,...",
                    help="policies, each name or name:key=value;key2=value (quote it for the "
-                   "shell), e.g. fedavg,fedavg:stragglers=wait (default: each scenario's own)")
+                   "shell), e.g. fedavg,fedavg:stragglers=wait; a dotted key is a scenario key "
+                   "for that policy only, e.g. fedprox:training.optimizer.lr=0.1 (default: "
+                   "each scenario's own)")
     p.add_argument("--seeds", default="0", help="seeds: 0-4, 0,3,7 or 0-2,9 (default 0)")
     p.add_argument("--set", dest="sets", action="append", default=[],
                    metavar="KEY=V1,V2", help="override a scenario key; several values make "
