@@ -204,10 +204,10 @@ def _add_traces(sub: argparse._SubParsersAction) -> None:
     add_traces(sub)
 
 
-from fleetsim.cli_batch import add_compare, add_report  # noqa: E402
+from fleetsim.cli_batch import add_choose, add_compare, add_report  # noqa: E402
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, add_compare, add_report, _add_traces, _add_dse, _add_profile,
+    _add_run, add_compare, add_report, add_choose, _add_traces, _add_dse, _add_profile,
     _add_schema]
 
 

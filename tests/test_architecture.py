@@ -76,7 +76,7 @@ def test_no_import_cycle() -> None:
 
 
 RUNNER = ("fleetsim.build", "fleetsim.api", "fleetsim.batch", "fleetsim.cli",
-          "fleetsim.cli_batch", "fleetsim.cli_traces")
+          "fleetsim.cli_batch", "fleetsim.cli_traces", "fleetsim.choose")
 LOADER = ("fleetsim.scenario",)
 
 
