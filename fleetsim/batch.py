@@ -46,7 +46,7 @@ FAILURE_COLUMNS = ("scenario", "policy", "overrides", "seed", "dir", "error")
 # comes after these and can still change them.
 CELL_DEFAULTS = ("training.backend=inprocess", "training.threads=1")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@-]")
 _MAX_NAME = 100
 
 
@@ -56,7 +56,7 @@ _MAX_NAME = 100
 def safe_name(text: str) -> str:
     """A readable, filesystem-safe folder name for ``text``.
 
-    Characters outside ``A-Z a-z 0-9 . _ = + -`` become ``_``; when anything was changed
+    Characters outside ``A-Z a-z 0-9 . _ = + @ -`` become ``_``; when anything was changed
     or cut, a short hash of the original is appended, so distinct texts never share a
     folder.
     """
@@ -67,6 +67,12 @@ def safe_name(text: str) -> str:
         digest = hashlib.sha1(text.encode()).hexdigest()[:8]
         name = f"{name[:_MAX_NAME]}-{digest}"
     return name
+
+
+def policy_of_label(label: str) -> str:
+    """The policy part of a folder label: ``fedavg+stragglers=wait@lr=0.1`` ->
+    ``fedavg+stragglers=wait`` (what a baseline is named by, whatever its tuned setting)."""
+    return label.partition("@")[0]
 
 
 def split_top(text: str, sep: str) -> list[str]:
@@ -129,9 +135,11 @@ class PolicySpec:
     @property
     def label(self) -> str:
         """Folder name, e.g. ``fedavg``, ``fedavg+stragglers=wait`` or, for the scenario
-        override ``training.optimizer.lr=0.1``, ``fedavg+lr=0.1`` (the key's last part)."""
-        return safe_name("+".join([self.name, *(f"{k.rpartition('.')[2]}={v}"
-                                                for k, v in self.options)]))
+        key ``training.optimizer.lr=0.1``, ``fedavg@lr=0.1`` (``@`` and the key's last part:
+        the policy *at* a setting; :func:`policy_of_label` strips it again)."""
+        plain = [f"+{k}={v}" for k, v in self.options if "." not in k]
+        scenario = [f"@{k.rpartition('.')[2]}={v}" for k, v in self.options if "." in k]
+        return safe_name("".join([self.name, *plain, *scenario]))
 
     @property
     def text(self) -> str:

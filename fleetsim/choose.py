@@ -81,6 +81,8 @@ def _lookup(doc: dict[str, Any], key: str) -> Any:
 def _spec_of(label: str, key: str, value: Any) -> str | None:
     """``fedavg+stragglers=wait`` -> ``fedavg:stragglers=wait;KEY=VALUE`` when that spec
     has exactly this label again (labels of renamed options do not round-trip)."""
+    if "@" in label:  # already at a tuned setting: its scenario keys are not in the label
+        return None
     name, *opts = label.split("+")
     plain = [o for o in opts if "=" in o]
     if len(plain) != len(opts):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetsim.batch import DONE_FILE, FAILURES_FILE, PolicySpec
+from fleetsim.batch import DONE_FILE, FAILURES_FILE, PolicySpec, policy_of_label
 from fleetsim.errors import UserError
 from fleetsim.results import atomic_write_bytes, read_rounds
 
@@ -212,13 +212,21 @@ def default_target(runs: Sequence[RunData]) -> float:
 
 
 def resolve_baseline(baseline: str | None, policies: Sequence[str]) -> str | None:
-    """The baseline's folder name: as given, or as a policy spec (``fedavg:stragglers=
-    wait``); None when not given and ``fedavg`` is absent."""
-    if baseline is None:
-        return DEFAULT_BASELINE if DEFAULT_BASELINE in policies else None
-    for cand in (baseline, PolicySpec.parse(baseline).label):
-        if cand in policies:
+    """The baseline's folder name: as given, as a policy spec (``fedavg:stragglers=
+    wait``), or the one policy of that name at a tuned setting (``fedavg@lr=0.05``); None
+    when not given and ``fedavg`` is absent."""
+    names = sorted(set(policies))
+    wanted = [DEFAULT_BASELINE] if baseline is None else [baseline,
+                                                          PolicySpec.parse(baseline).label]
+    for cand in wanted:
+        if cand in names:
             return cand
+    for cand in wanted:  # the policy at its tuned setting, e.g. fedavg@lr=0.05
+        tuned = [p for p in names if policy_of_label(p) == cand]
+        if len(tuned) == 1:
+            return tuned[0]
+    if baseline is None:
+        return None
     raise UserError(f"command line: --baseline {baseline!r} is not a policy of this batch. "
                     f"Allowed: {', '.join(sorted(set(policies)))}.")
 

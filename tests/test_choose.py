@@ -75,8 +75,8 @@ def test_cli_writes_the_policies_argument_that_runs_the_chosen_rates(
     assert main(["compare", TINY, "--policies", arg, "--seeds", "0", "--set",
                  "training.rounds=1", "--out", str(out), "--quiet"]) == 0
     labels = sorted(p.name for p in (out / "tiny").iterdir())
-    assert labels == sorted([f"fedavg+lr={chosen['fedavg']}",
-                             f"fedavg+stragglers=wait+lr={chosen['fedavg+stragglers=wait']}"])
+    assert labels == sorted([f"fedavg@lr={chosen['fedavg']}",
+                             f"fedavg+stragglers=wait@lr={chosen['fedavg+stragglers=wait']}"])
 
 
 def test_choosing_on_the_test_split_is_refused(sweep: Path,
