@@ -150,21 +150,31 @@ def batch_indices(part: Partition, device: int, round: int, steps: int, batch: i
     """Training-set indices of each mini-batch: passes over a fresh permutation per epoch.
 
     The mini-batches take consecutive runs of ``min(batch, n)`` entries of the stream of
-    permutations. With ``samples`` (``local_epochs``: :func:`epoch_samples`), the stream
-    ends after that many entries, so the last mini-batch may be shorter: with one epoch,
-    every sample of the device is in exactly one mini-batch.
+    permutations. With ``samples`` (``local_epochs``: :func:`epoch_samples`), the epoch's
+    work is ``ceil(samples / b)`` mini-batches and the last of them holds only what is left
+    of ``samples`` (with one epoch, every sample of the device is in exactly one
+    mini-batch). A device that trains on past that work (DISTREAL's ``work: fill``) goes on
+    with full mini-batches from the next entries, as the engine timed them; one that stops
+    before it never reaches the short one.
     """
     own = part.of(device)
     n = len(own)
     b = min(batch, n)
     rng = stream(seed, "batches", round, device)
-    need = steps * b
-    order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
-    if samples is not None and samples < need:
-        if samples <= (steps - 1) * b:
-            raise ValueError(f"{steps} mini-batches of {b} need more than {samples} samples")
-        order = order[:samples]
-    return [own[order[j * b:(j + 1) * b]] for j in range(steps)]
+    starts = [j * b for j in range(steps)]
+    stops = [j * b + b for j in range(steps)]
+    if samples is not None:
+        if samples < 1:
+            raise ValueError(f"an epoch's work must cover at least one sample, not {samples}")
+        planned = -(-samples // b)
+        if planned <= steps and samples % b:
+            # the epoch's last mini-batch is short, and later ones start where it ends
+            stops[planned - 1] = samples
+            for j in range(planned, steps):
+                starts[j], stops[j] = samples + (j - planned) * b, samples + (j - planned + 1) * b
+    need = stops[-1] if steps else 0
+    order = np.concatenate([rng.permutation(n) for _ in range(max(1, -(-need // n)))])
+    return [own[order[lo:hi]] for lo, hi in zip(starts, stops)]
 
 
 class Trainer:
