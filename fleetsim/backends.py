@@ -137,8 +137,9 @@ class Pool(Backend):
         super().__init__(settings, where, trainer)
         self.shared = {k: v.clone().share_memory_() for k, v in self.initial_state().items()}
         ds = self.trainer.data
-        for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
-            t.share_memory_()  # in place: pickling to a worker then sends a handle
+        for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.x_val, ds.y_val):
+            if t is not None:
+                t.share_memory_()  # in place: pickling to a worker then sends a handle
         self.pool = ctx.Pool(self.where.workers, initializer=_pool_init,
                              initargs=(settings, self.shared,
                                        (ds, self.trainer.partition)))

@@ -187,7 +187,8 @@ def trainer_settings(sc: Scenario) -> TrainerSettings:
     return TrainerSettings(seed=sc.seed, data=sc.data, n_devices=sc.fleet.devices,
                            model=sc.model, optimizer=tr.optimizer, batch_size=tr.batch_size,
                            eval_batch_size=sc.eval.batch_size, threads=tr.threads,
-                           plugins=tuple(sc.plugins), device=tr.device)
+                           plugins=tuple(sc.plugins), device=tr.device,
+                           eval_split=sc.eval.split)
 
 
 def backend_settings(sc: Scenario) -> BackendSettings:

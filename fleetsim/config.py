@@ -47,6 +47,12 @@ class DataConfig(Section):
                                  "as the server's test set")
     split_seed: int = Field(0, ge=0, description="seed of the fixed train/test split "
                             "(independent of the run seed, so seeds compare like with like)")
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of the training "
+                                       "split held out as a validation set before it is "
+                                       "split over devices (no device trains on it; per "
+                                       "class, or per writer for natural data; drawn from "
+                                       "split_seed); for eval.split: validation. 0: none, "
+                                       "the training split is unchanged")
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
 
 
@@ -195,6 +201,12 @@ class EvalConfig(Section):
     every_rounds: int = Field(1, ge=1, description="evaluate the global model every N rounds "
                               "(and after the last)")
     batch_size: int = Field(1000, ge=1)
+    split: Literal["test", "validation"] = Field("test", description="what the global model "
+                                                 "is evaluated on: test (the held-out test "
+                                                 "set) | validation (data.validation_"
+                                                 "fraction of the training split: tune "
+                                                 "hyper-parameters on it, not on the test "
+                                                 "set); run.h5 records it as eval_split")
 
 
 class StalenessConfig(Section):
@@ -345,6 +357,9 @@ class Scenario(Section):
         if self.training.clients_per_round > self.fleet.devices:
             raise ValueError(f"training.clients_per_round ({self.training.clients_per_round}) "
                              f"exceeds fleet.devices ({self.fleet.devices})")
+        if self.eval.split == "validation" and self.data.validation_fraction == 0:
+            raise ValueError("eval.split is validation, but data.validation_fraction is 0 "
+                             "(no validation set): set data.validation_fraction, e.g. 0.1")
         return self
 
     def text(self) -> str:

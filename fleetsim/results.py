@@ -105,7 +105,8 @@ def provenance(sc: Scenario, extra: dict[str, Any] | None = None) -> dict[str, A
 
     return {
         "fleetsim_version": __version__, "scenario_text": sc.text(),
-        "scenario_digest": sc.digest(), "seed": sc.seed, "python": sys.version.split()[0],
+        "scenario_digest": sc.digest(), "seed": sc.seed, "eval_split": sc.eval.split,
+        "python": sys.version.split()[0],
         "platform": platform.platform(), "torch": torch.__version__,
         "numpy": np.__version__, "scipy": scipy.__version__, "simpy": simpy.__version__,
         "h5py": h5py.__version__, **(extra or {}),

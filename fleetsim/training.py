@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fleetsim.config import DataConfig, ModelConfig, OptimizerConfig
 from fleetsim.data import Dataset, Partition, load_dataset, make_partition
+from fleetsim.data.validation import hold_out_validation
 from fleetsim.errors import allowed, input_error
 from fleetsim.nn import DroppableNet, Keep, build_model, select_channels
 from fleetsim.plugins import load_plugins
@@ -86,6 +87,7 @@ class TrainerSettings:
     plugins : plugin files or modules to load in every process that trains
     device : where the model and data live while training: cpu, cuda or auto (cuda if
         available); states handed out (updates, initial state) are always on the CPU
+    eval_split : what :meth:`Trainer.evaluate` measures: test or validation
     """
 
     seed: int
@@ -98,6 +100,7 @@ class TrainerSettings:
     threads: int = 1
     plugins: tuple[str, ...] = ()
     device: str = "cpu"
+    eval_split: str = "test"
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -125,6 +128,8 @@ def to_cpu(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def build_data(data: DataConfig, n_devices: int, seed: int) -> tuple[Dataset, Partition]:
     """The dataset and its partition over ``n_devices`` devices (deterministic)."""
     ds = load_dataset(data.dataset, data.options, data.test_fraction, data.split_seed)
+    # before the partition: no device may train on a validation sample
+    ds = hold_out_validation(ds, data.validation_fraction, data.split_seed)
     part = make_partition(data.partition.name, data.partition.options, ds.y_train.numpy(),
                           n_devices, stream(seed, "partition"), ds.groups)
     return ds, part
@@ -205,6 +210,7 @@ class Trainer:
                                                self.data.num_classes, s.model.options)
         self.model.to(self.device)
         self._on_device: tuple[Dataset, tuple[Tensor, ...]] | None = None
+        self._val_on_device: tuple[Dataset, tuple[Tensor, Tensor]] | None = None
         self.params = dict(self.model.named_parameters())
         self.float_buffers = {k: v for k, v in self.model.named_buffers() if v.is_floating_point()}
         self.mask_names = list(self.params) + list(self.float_buffers)
@@ -222,6 +228,23 @@ class Trainer:
                 d.x_train, d.y_train, d.x_test, d.y_test)))
         x, y, xt, yt = cached[1]
         return x, y, xt, yt
+
+    def eval_data(self) -> tuple[Tensor, Tensor]:
+        """x, y of the split :meth:`evaluate` measures (``eval_split``), on the training
+        device."""
+        if self.settings.eval_split == "test":
+            _, _, x, y = self.device_data()
+            return x, y
+        d = self.data
+        if d.x_val is None or d.y_val is None:
+            raise input_error(None, "eval.split", "validation was asked for, but the data "
+                              "has no validation set", "eval.split: test, or "
+                              "data.validation_fraction > 0")
+        cached = self._val_on_device
+        if cached is None or cached[0] is not d:
+            cached = self._val_on_device = (d, (d.x_val.to(self.device),
+                                                d.y_val.to(self.device)))
+        return cached[1]
 
     def initial_state(self) -> dict[str, Tensor]:
         return to_cpu(self.model.state_dict())
@@ -333,7 +356,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:
-        """Test accuracy and mean loss of the global model.
+        """Accuracy and mean loss of the global model on the ``eval_split`` (test or
+        validation).
 
         With ``bn_stats: static`` the model's batch-norm statistics are first recomputed
         (:meth:`static_bn`); the global ``state`` itself is not changed.
@@ -342,7 +366,7 @@ class Trainer:
         self.static_bn()
         self.model.eval()
         correct, loss = 0, 0.0
-        _, _, x, y = self.device_data()
+        x, y = self.eval_data()
         bs = self.settings.eval_batch_size
         for lo in range(0, len(y), bs):
             out = self.model(x[lo:lo + bs])

@@ -23,7 +23,9 @@ class Dataset:
     """Tensors of a split dataset, ready for training.
 
     ``groups`` (optional): a natural partition, one array of train indices per user
-    (writers, LEAF users), used by the ``natural`` partitioner.
+    (writers, LEAF users), used by the ``natural`` partitioner. ``x_val``, ``y_val``
+    (optional): a validation set held out from the training split
+    (:func:`fleetsim.data.validation.hold_out_validation`); None when there is none.
     """
 
     name: str
@@ -34,6 +36,8 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     groups: tuple[np.ndarray, ...] | None = None
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
 
 class DatasetOptions(BaseModel):
