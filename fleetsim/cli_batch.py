@@ -126,7 +126,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 CHOOSE_EPILOG = """example (a learning-rate sweep, then the study at the chosen rates):
   fleetsim compare scenarios/paper/mnist.yaml --policies fedavg,fedprox --seeds 0 \\
-      --set training.optimizer.lr=0.02,0.05,0.1 --set eval.split=validation --out runs/lr
+      --set training.optimizer.lr=0.02,0.05,0.1 --set eval.split=validation \\
+      --set data.validation_fraction=0.1 --out runs/lr
   fleetsim choose runs/lr --key training.optimizer.lr
   fleetsim compare scenarios/paper/mnist.yaml --policies "$(cat runs/lr/policies.txt)" ...
 

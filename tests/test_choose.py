@@ -23,7 +23,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sweep")
     assert main(["compare", TINY, "--policies", "fedavg,fedavg:stragglers=wait", "--seeds",
                  "0-1", "--set", "training.optimizer.lr=" + ",".join(map(str, LRS)),
-                 "--set", "training.rounds=6", "--out", str(out), "--quiet"]) == 0
+                 "--set", "training.rounds=6", "--set", "eval.split=validation",
+                 "--set", "data.validation_fraction=0.2", "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -44,8 +45,7 @@ def hand_scores(out: Path, policy: str, last: int) -> dict[float, float]:
 
 @pytest.mark.parametrize("last", [1, 3])
 def test_the_choice_is_the_best_mean_of_the_last_evaluations(sweep: Path, last: int) -> None:
-    choices = {c.policy: c for c in choose(sweep, "training.optimizer.lr", last,
-                                           allow_test=True)}
+    choices = {c.policy: c for c in choose(sweep, "training.optimizer.lr", last)}
     assert set(choices) == set(POLICIES)
     for policy in POLICIES:
         hand = hand_scores(sweep, policy, last)
@@ -61,9 +61,8 @@ def test_the_choice_is_the_best_mean_of_the_last_evaluations(sweep: Path, last: 
 
 def test_cli_writes_the_policies_argument_that_runs_the_chosen_rates(
         sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["choose", str(sweep), "--key", "training.optimizer.lr",
-                 "--allow-test"]) == 0
-    chosen = {c.policy: c.value for c in choose(sweep, "training.optimizer.lr", 3, True)}
+    assert main(["choose", str(sweep), "--key", "training.optimizer.lr"]) == 0
+    chosen = {c.policy: c.value for c in choose(sweep, "training.optimizer.lr")}
     arg = (sweep / "policies.txt").read_text().strip()
     assert arg == (f"fedavg:training.optimizer.lr={chosen['fedavg']},fedavg:stragglers=wait;"
                    f"training.optimizer.lr={chosen['fedavg+stragglers=wait']}")
@@ -79,21 +78,27 @@ def test_cli_writes_the_policies_argument_that_runs_the_chosen_rates(
                              f"fedavg+stragglers=wait@lr={chosen['fedavg+stragglers=wait']}"])
 
 
-def test_choosing_on_the_test_split_is_refused(sweep: Path,
+def test_choosing_on_the_test_split_is_refused(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "on-test"
+    assert main(["compare", TINY, "--policies", "fedavg", "--set",
+                 "training.optimizer.lr=0.1,0.3", "--set", "training.rounds=2", "--out",
+                 str(out), "--quiet"]) == 0
     with pytest.raises(UserError, match="'test' split"):
-        choose(sweep, "training.optimizer.lr")
-    assert main(["choose", str(sweep), "--key", "training.optimizer.lr"]) == 2
+        choose(out, "training.optimizer.lr")
+    assert main(["choose", str(out), "--key", "training.optimizer.lr"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+    assert [c.policy for c in choose(out, "training.optimizer.lr", allow_test=True)] == [
+        "fedavg"]
 
 
 def test_a_key_that_was_not_swept_is_an_error(sweep: Path) -> None:
     with pytest.raises(UserError, match="at least two values"):
-        choose(sweep, "training.rounds", allow_test=True)
+        choose(sweep, "training.rounds")
     with pytest.raises(UserError, match=r"no key 'training\.nope'"):
-        choose(sweep, "training.nope", allow_test=True)
+        choose(sweep, "training.nope")
     with pytest.raises(UserError, match="--last"):
-        choose(sweep, "training.optimizer.lr", 0, allow_test=True)
+        choose(sweep, "training.optimizer.lr", 0)
 
 
 def test_a_run_without_evaluations_never_wins() -> None:
