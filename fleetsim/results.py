@@ -200,6 +200,15 @@ def read_rounds(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return {k: f["rounds"][k][:] for k in f["rounds"]}
 
 
+def read_eval_split(path: str | os.PathLike[str]) -> str:
+    """What a ``run.h5``'s accuracy measured: "test" or "validation" (``eval.split``).
+
+    Runs written before the attribute existed could only evaluate the test set."""
+    with h5py.File(path, "r") as f:
+        v = f.attrs.get("eval_split", "test")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def plot_accuracy(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     """Test accuracy versus simulated hours."""
     import matplotlib
