@@ -30,10 +30,10 @@ from fleetsim.report_figures import (
     figure_distributions,
     figure_speedup,
     mean_band,  # noqa: F401  (re-exported: it lived here before the figures moved out)
-    pick_time_unit,
     save,
 )
 from fleetsim.results import atomic_write_bytes, read_eval_split, read_rounds
+from fleetsim.timeunits import pick_time_unit
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999

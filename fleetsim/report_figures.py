@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fleetsim.results import atomic_write_bytes
+from fleetsim.timeunits import UNIT_WORDS, pick_time_unit
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,24 +41,9 @@ GRID_POINTS = 200
 MAX_COLUMNS = 3
 PANEL_W_IN, PANEL_H_IN = 4.6, 3.4
 LINESTYLES = ("-", "--", "-.", ":")
-#: (name, seconds per unit, used for spans below this many seconds)
-TIME_UNITS = (("s", 1.0, 120.0), ("min", 60.0, 2 * 3600.0), ("h", 3600.0, math.inf))
-UNIT_WORDS = {"s": "s", "min": "min", "h": "hours"}
 BOUND_HATCH = "///"
 BOUND_SIGN = {"": "", ">=": "≥", "<=": "≤"}
 MEDIAN_COLOR, MEAN_COLOR = "C1", "C2"
-
-
-def pick_time_unit(top_s: float) -> tuple[str, float]:
-    """A unit for times up to ``top_s`` seconds: (name, seconds per unit).
-
-    Seconds below 2 minutes, minutes below 2 hours, hours beyond: a 10-minute run reads
-    as 10 min, not 0.17 h, and a 10-hour run as 10 h, not 600 min."""
-    top = top_s if math.isfinite(top_s) else 0.0
-    for name, scale, below in TIME_UNITS:
-        if top < below:
-            return name, scale
-    raise AssertionError("unreachable: the last unit has no upper limit")
 
 
 def policy_styles(policies: Sequence[str]) -> dict[str, dict[str, str]]:

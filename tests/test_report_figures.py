@@ -18,9 +18,9 @@ from fleetsim.report_figures import (
     figure_distributions,
     figure_speedup,
     panel_title,
-    pick_time_unit,
     policy_styles,
 )
+from fleetsim.timeunits import pick_time_unit
 
 TEN = ("distreal", "uniform-adaptive", "distreal-static", "fedavg+stragglers=wait",
        "fedprox", "fednova", "federated_dropout", "heterofl", "fjord", "fedrolex")
