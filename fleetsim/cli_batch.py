@@ -25,7 +25,7 @@ REPORT_EPILOG = """examples:
   fleetsim report runs/batch --target-accuracy 0.8 --baseline fedavg
 
 Writes DIR/summary.csv, DIR/report.md, DIR/table.tex, DIR/accuracy_vs_time.png,
-DIR/round_durations.png and DIR/kept_share.png.
+DIR/round_durations.png, DIR/kept_share.png and, with a baseline, DIR/speedup.png.
 """
 
 
