@@ -128,6 +128,7 @@ class _Tracer:
 
     module: nn.Module
     shapes: dict[str, Any]
+    tensors: set[str]  # nodes whose value is a tensor (the others: sizes, numbers)
     parent: dict[int, int] = field(default_factory=dict)
     channels: dict[int, int] = field(default_factory=dict)
     layouts: dict[str, Layout | None] = field(default_factory=dict)
@@ -165,19 +166,19 @@ class _Tracer:
 
 def _where(node: fx.Node, module: nn.Module) -> str:
     """``node 'name' (what it calls), in module 'path' (Type), at file:line: code``."""
+    stack = list(node.meta.get("nn_module_stack", {}).values())
     if node.op == "call_module":
         sub = module.get_submodule(str(node.target))
         what = f"calls module {node.target!r} ({type(sub).__name__})"
+        stack = stack[:-1]  # the module itself is the last entry: name its owner
     elif node.op == "call_method":
         what = f"calls the tensor method .{node.target}()"
     elif node.op == "get_attr":
         what = f"reads {node.target!r} directly"
     else:
         what = f"calls {getattr(node.target, '__name__', node.target)}()"
-    stack = node.meta.get("nn_module_stack")
-    owner = ""
     if stack:
-        path, cls = list(stack.values())[-1]
+        path, cls = stack[-1]
         cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
         owner = f", in module {path!r} ({cls_name.rsplit('.', 1)[-1]})"
     else:
@@ -227,15 +228,22 @@ def symbolic_graph(module: nn.Module) -> fx.Graph:
             "or model.options.groups: none (fixed-work policies only)") from None
 
 
-def _shapes(module: nn.Module, graph: fx.Graph, example: Tensor) -> dict[str, Any]:
-    """The value (a tensor's shape, or a plain value) of every node for ``example``."""
+def _shapes(module: nn.Module, graph: fx.Graph, example: Tensor
+            ) -> tuple[dict[str, Any], set[str]]:
+    """The value (a tensor's shape, or a plain value) of every node for ``example``, and
+    the names of the nodes whose value is a tensor."""
     gm = fx.GraphModule(module, graph)
     out: dict[str, Any] = {}
+    tensors: set[str] = set()
 
     class _Record(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             v = super().run_node(n)
-            out[n.name] = tuple(v.shape) if isinstance(v, Tensor) else v
+            if isinstance(v, Tensor):
+                out[n.name] = tuple(v.shape)
+                tensors.add(n.name)
+            else:
+                out[n.name] = v
             return v
 
     was = module.training
@@ -245,15 +253,15 @@ def _shapes(module: nn.Module, graph: fx.Graph, example: Tensor) -> dict[str, An
             _Record(gm).run(example)
     finally:
         module.train(was)
-    return out
+    return out, tensors
 
 
 def trace_groups(module: nn.Module, input_shape: tuple[int, ...]) -> TraceResult:
     """Droppable groups, param specs and step plan of ``module`` for samples of
     ``input_shape``; a construct it cannot follow is an :class:`UntraceableModel`."""
     graph = symbolic_graph(module)
-    shapes = _shapes(module, graph, torch.zeros((2, *input_shape)))
-    t = _Tracer(module, shapes)
+    shapes, tensors = _shapes(module, graph, torch.zeros((2, *input_shape)))
+    t = _Tracer(module, shapes, tensors)
     for node in graph.nodes:
         _visit(t, node)
     return _finish(t)
@@ -318,10 +326,12 @@ def _visit(t: _Tracer, node: fx.Node) -> None:
         return
     target = node.target
     first = _arg_layout(t, node.args[0]) if node.args else None
-    if (node.op == "call_method" and target in _SIZES) or (
-            node.op == "call_function" and target is getattr and node.args[1] == "shape") or (
-            node.op == "call_function" and target is operator.getitem and first is None):
-        t.layouts[node.name] = None  # a size or shape: no channels
+    sizes = (node.op == "call_method" and target in _SIZES) or (
+        node.op == "call_function" and target is getattr and node.args[1] == "shape")
+    if sizes or (node.name not in t.tensors
+                 and not any(a.name in t.tensors for a in node.all_input_nodes)):
+        # a size, a shape, or arithmetic on them (c // 2): no channels to follow
+        t.layouts[node.name] = None
         _add_step(t, node, "call")
         return
     if (node.op == "call_function" and target in _PASS_FUNCTIONS) or (
@@ -369,20 +379,21 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
         _visit_flatten(t, node, first)
         return
     if isinstance(sub, nn.Conv2d):
-        seg = _single(t, node, first, "a convolution")
         if sub.padding_mode != "zeros":
             raise _fail(node, t.module, f"padding_mode {sub.padding_mode!r} is not supported "
                         "(only 'zeros')")
         if sub.groups == 1:
+            seg = _summed(t, node, first)
             out = t.new_set(sub.out_channels, name)
             t.uses.append((f"{name}.weight", out, seg))
             if sub.bias is not None:
                 t.uses.append((f"{name}.bias", out, None))
             t.consumers.append((node, first))  # type: ignore[arg-type]
             t.layouts[node.name] = (Seg(out, sub.out_channels),)
-            _add_step(t, node, "conv", drop_in=str(seg.set_id))
+            _add_step(t, node, "conv", drop_in=_set_key(seg))
             return
         if sub.groups == sub.in_channels == sub.out_channels:
+            seg = _single(t, node, first, "a depthwise convolution")
             # depthwise: output channel c reads input channel c only, so both are one set
             t.uses.append((f"{name}.weight", seg.set_id, None))
             if sub.bias is not None:
@@ -398,14 +409,15 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
         if len(shape) != 2:
             raise _fail(node, t.module, f"a dense layer on a {len(shape)}-d tensor reads its "
                         "features from the last dim, not the channels on dim 1; flatten first")
-        seg = _single(t, node, first, "a dense layer")
+        seg = _summed(t, node, first)
         out = t.new_set(sub.out_features, name)
         t.uses.append((f"{name}.weight", out, seg))
         if sub.bias is not None:
             t.uses.append((f"{name}.bias", out, None))
         t.consumers.append((node, first))  # type: ignore[arg-type]
         t.layouts[node.name] = (Seg(out, sub.out_features),)
-        _add_step(t, node, "linear", drop_in=str(seg.set_id), repeat=seg.repeat)
+        _add_step(t, node, "linear", drop_in=_set_key(seg),
+                  repeat=seg.repeat if seg is not None else 1)
         return
     if isinstance(sub, (nn.BatchNorm1d, nn.BatchNorm2d)):
         seg = _single(t, node, first, "a batch norm")
@@ -422,6 +434,18 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
         _add_step(t, node, "bn")
         return
     raise _fail(node, t.module, f"modules of type {type(sub).__name__} are not supported")
+
+
+def _summed(t: _Tracer, node: fx.Node, layout: Layout | None) -> Seg | None:
+    """The input segment a summing layer (convolution, dense) reads; None for a
+    concatenation, which :func:`_finish` accepts only if none of its parts is dropped."""
+    if layout is None:
+        raise _fail(node, t.module, "its input is not a feature map the tracer follows")
+    return layout[0] if len(layout) == 1 else None
+
+
+def _set_key(seg: Seg | None) -> str | None:
+    return None if seg is None else str(seg.set_id)
 
 
 def _visit_elementwise(t: _Tracer, node: fx.Node) -> None:
