@@ -66,9 +66,27 @@ def make_network(factory: str, kwargs: dict[str, Any], input_shape: tuple[int, .
     return net
 
 
+def model_source_digest(arch: str, options: dict[str, Any]) -> str | None:
+    """Digest of a user network's source file (None for other models, or a module
+    reference): part of what cached DSE results depend on, so that editing the network
+    never reuses a front measured on the old one."""
+    factory = options.get("factory") if arch == "user" else None
+    if not isinstance(factory, str):
+        return None
+    import hashlib
+    from pathlib import Path
+
+    where = factory.rpartition(":")[0]
+    try:
+        return hashlib.sha256(Path(where).read_bytes()).hexdigest()[:16]
+    except OSError:  # a module name, not a file: its version is the user's to pin
+        return None
+
+
 @MODELS.register("user")
 class UserNet(DroppableNet):
-    """A user's ``nn.Module`` (at ``self.net``) with automatically derived groups.
+    """Your own PyTorch network (``options.factory``), its droppable groups derived by
+    tracing it; the module itself is at ``self.net``.
 
     Groups are named after the first module writing their channels (``layer1.0.conv1``)
     and ordered by where that module runs; see :mod:`fleetsim.nn.trace`.
