@@ -125,3 +125,8 @@ def test_a_concatenation_read_only_by_the_output_is_fine() -> None:
 
 def test_untraceable_is_a_user_error() -> None:
     assert issubclass(UntraceableModel, UserError)
+
+
+def test_a_python_branch_on_the_mode_is_caught_by_the_forward_check() -> None:
+    msg = _refused("ModeBranch")
+    assert "computes something other than its forward" in msg and "self.training" in msg

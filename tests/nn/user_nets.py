@@ -203,3 +203,18 @@ def wrong_output(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 def broken(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     raise RuntimeError("out of ideas")
+
+
+class ModeBranch(nn.Module):
+    """A Python branch on self.training: traced in training mode, fixed forever."""
+
+    def __init__(self, cin: int, classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, 8, 3, padding=1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.conv1(x))
+        if self.training:
+            h = h * 0.5
+        return self.fc(h.mean((2, 3)))
