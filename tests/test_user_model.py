@@ -10,6 +10,7 @@ import pytest
 
 from fleetsim.build import load_scenario, run_scenario
 from fleetsim.cli import main
+from fleetsim.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "models"
@@ -155,3 +156,20 @@ def test_dse_cache_follows_the_network_file(tmp_path: Path) -> None:
     before = settings_digest(dse_job(load_scenario(None, sets, text=TEXT)))
     net.write_text(NETS.read_text() + "\n# edited\n")
     assert settings_digest(dse_job(load_scenario(None, sets, text=TEXT))) != before
+
+
+def test_batched_training_of_a_user_network(tmp_path: Path) -> None:
+    """Batched (stacked) training uses the traced conv/linear layers: the same results as
+    one by one; networks it cannot stack are refused, not trained with the wrong weights."""
+    plain = (f"model.options.factory={NETS}:make", "model.options.kwargs={kind: PlainCNN}",
+             "policy.name=fedavg")
+    one = run_scenario(load_scenario(None, _scenario(tmp_path, *plain), text=TEXT))
+    bat = run_scenario(load_scenario(None, _scenario(tmp_path, *plain, "training.batched=true"),
+                                     text=TEXT))
+    assert [r["loss"] for r in bat.rounds] == pytest.approx([r["loss"] for r in one.rounds],
+                                                            abs=1e-4)
+    for extra in (("model.options.groups=none",), ("model.options.kwargs={kind: Depthwise}",)):
+        sc = load_scenario(None, _scenario(tmp_path, *plain, "training.batched=true", *extra),
+                           text=TEXT)
+        with pytest.raises(UserError, match=r"training\.batched: the user network"):
+            run_scenario(sc)

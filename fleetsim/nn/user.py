@@ -133,6 +133,14 @@ class UserNet(DroppableNet):
             self._steps = found.steps
             self.groups = found.groups
             self.specs = {f"net.{k}": v for k, v in found.specs.items()}
+        #: why fleetsim.batched cannot train it (None: it can): batched training swaps
+        #: the conv and linear helpers for stacked ones, which the network as written
+        #: never calls, and its grouped convolution has no room for a depthwise one's
+        self.not_batchable: str | None = None
+        if self._steps is None:
+            self.not_batchable = "the user network runs as written (groups: none)"
+        elif any(st.kind == "depthwise" for st in self._steps):
+            self.not_batchable = "the user network has depthwise convolutions"
         tensors = [n for n, _ in self.named_parameters()] + [
             n for n, b in self.named_buffers() if b.is_floating_point()]
         for name in tensors:  # in no traced layer (unused): never cut

@@ -218,3 +218,28 @@ class ModeBranch(nn.Module):
         if self.training:
             h = h * 0.5
         return self.fc(h.mean((2, 3)))
+
+
+class PlainCNN(nn.Module):
+    """No batch norm, no buffers: what batched training accepts."""
+
+    def __init__(self, cin: int, classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        return self.fc(F.relu(self.conv2(h)).flatten(1))
+
+
+class Depthwise(nn.Module):
+    def __init__(self, cin: int, classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, 4, 3, padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(F.relu(self.dw(F.relu(self.conv1(x)))).mean((2, 3)))
