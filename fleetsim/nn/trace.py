@@ -138,6 +138,7 @@ class _Tracer:
     uses: list[tuple[str, int | None, Seg | None]] = field(default_factory=list)
     consumers: list[tuple[fx.Node, Layout]] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
+    called: set[str] = field(default_factory=set)  # modules with weights, seen once
 
     def new_set(self, channels: int, writer: str | None) -> int:
         s = len(self.parent)
@@ -369,6 +370,13 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
     first = layouts[0] if layouts else None
     if len(node.args) != 1 or node.kwargs:
         raise _fail(node, t.module, "the module is called with more than one input")
+    if any(True for _ in sub.parameters(recurse=False)) or any(
+            b is not None for b in sub.buffers(recurse=False)):
+        if name in t.called:
+            raise _fail(node, t.module, "the module is called a second time: its weights "
+                        "would be cut by two channel sets at once (shared weights are not "
+                        "supported)")
+        t.called.add(name)
     if isinstance(sub, _PASS_MODULES):
         t.layouts[node.name] = _single_or_any(t, node, first)
         _add_step(t, node, "call")

@@ -105,6 +105,7 @@ def test_data_dependent_control_flow_is_refused_naming_the_line() -> None:
     ("Grouped", ["graph node 'conv2'", "grouped convolution", "groups=2"]),
     ("ChannelMean", ["graph node 'mean'", "reduction over the batch or channel dim"]),
     ("Concat", ["graph node 'conv'", "concatenation of droppable channels"]),
+    ("Shared", ["graph node 'conv2_1'", "called a second time"]),
 ])
 def test_other_constructs_are_refused_naming_the_node(kind: str, words: list[str]) -> None:
     msg = _refused(kind)

@@ -243,3 +243,17 @@ class Depthwise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(F.relu(self.dw(F.relu(self.conv1(x)))).mean((2, 3)))
+
+
+class Shared(nn.Module):
+    """One convolution applied twice (shared weights)."""
+
+    def __init__(self, cin: int, classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv2(F.relu(self.conv2(F.relu(self.conv1(x)))))
+        return self.fc(h.mean((2, 3)))
