@@ -173,3 +173,28 @@ def test_batched_training_of_a_user_network(tmp_path: Path) -> None:
                            text=TEXT)
         with pytest.raises(UserError, match=r"training\.batched: the user network"):
             run_scenario(sc)
+
+
+def test_concatenation_coverage_masks_match_what_training_changed(tmp_path: Path) -> None:
+    """A layer reading a concatenation is cut by each part's group: the update's mask says
+    exactly which of its elements trained (aggregation averages only those)."""
+    from fleetsim.build import trainer_settings
+    from fleetsim.training import Trainer, UpdateJob
+
+    sc = load_scenario(None, _scenario(tmp_path, f"model.options.factory={NETS}:make",
+                                       "model.options.kwargs={kind: Dense}"), text=TEXT)
+    t = Trainer(trainer_settings(sc))
+    assert [g.name for g in t.model.groups] == ["a", "b", "c"]
+    state = t.initial_state()
+    job = UpdateJob(device=0, round=0, weight=1.0, vectors=((0.5, 0.5, 0.5),),
+                    step_vector=(0,), reselect="round")
+    up = t.train(state, job).update
+    for name in ("net.c.weight", "net.fc.weight"):
+        mask = up.masks[name]
+        assert mask is not None and 0 < int(mask.sum()) < mask.numel(), name
+        changed = (up.state[name] != state[name])
+        full_mask = mask.expand_as(changed)
+        assert not changed[~full_mask].any(), name  # nothing outside the mask moved
+        assert changed[full_mask].float().mean() > 0.9, name  # and the masked part did
+    # fc reads a (4) + b (6) + c (5) channels of 2x2 features: half of each part kept
+    assert int(up.masks["net.fc.weight"].sum()) == t.model.num_classes * 4 * (2 + 3 + 2)

@@ -10,7 +10,8 @@ The tracer follows every tensor's *channels* (dim 1) from the input to the outpu
   a reduction over spatial dims (``x.mean((2, 3))``) keeps it too;
 - an elementwise sum, difference or product of two tensors (a residual addition) ties
   their sets into one: their channels must be dropped together;
-- a concatenation along dim 1 lines the sets up one after the other.
+- a concatenation along dim 1 lines the sets up one after the other (a layer reading it
+  is cut by each part's group: :attr:`ParamSpec.inp_parts`).
 
 Sets reaching the network's input or output are never dropped (the classifier's outputs
 stay). Every other set that some layer writes is a droppable :class:`Group`, named after
@@ -31,6 +32,7 @@ no error. Here, only what is listed is followed, and the result is a plain descr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
@@ -78,7 +80,8 @@ class Step:
     ``flatten`` (any flatten-like reshape, run as ``flatten(1)`` so that it holds for
     every sub-network width) or ``call`` (run as traced: ``op`` and ``target``).
     ``drop_in``: the group whose channels the layer's input carries and which it sums
-    over (the place of the inverted-dropout rescale), with that input's repeat.
+    over (the place of the inverted-dropout rescale), with that input's repeat; for a
+    concatenation ``drop_parts`` instead, ``(group or None, channels)`` per part.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Step:
     kwargs: dict[str, Any]
     drop_in: str | None = None
     repeat: int = 1
+    drop_parts: tuple[tuple[str | None, int], ...] = ()
 
 
 @dataclass
@@ -135,8 +139,9 @@ class _Tracer:
     pinned: set[int] = field(default_factory=set)  # sets tied to the input or output
     writers: dict[int, str] = field(default_factory=dict)  # set -> first module writing it
     # (param name, dim 0 set, dim 1 segment) per weight tensor
-    uses: list[tuple[str, int | None, Seg | None]] = field(default_factory=list)
-    consumers: list[tuple[fx.Node, Layout]] = field(default_factory=list)
+    # (param name, dim 0 set, the layout dim 1 reads: summing layers' weights only)
+    uses: list[tuple[str, int | None, Layout | None]] = field(default_factory=list)
+    summed: dict[str, Layout] = field(default_factory=dict)  # step -> input it sums over
     steps: list[Step] = field(default_factory=list)
     called: set[str] = field(default_factory=set)  # modules with weights, seen once
 
@@ -204,7 +209,7 @@ def _fail(node: fx.Node, module: nn.Module, why: str) -> UntraceableModel:
     return UntraceableModel(
         f"the network's droppable channel groups cannot be derived: {_where(node, module)}, "
         f"and {why}. Allowed: convolutions (groups=1 or depthwise), dense layers, batch "
-        "norm, channel-wise activations, pooling and dropout, flatten, spatial mean/sum, "
+        "norm, channel-wise activations, pooling, nn.Dropout, flatten, spatial mean/sum, "
         "residual additions and products of equal channel sets, concatenation along dim "
         "1 (see docs/extending.md); or model.options.groups: none (fixed-work policies only)")
 
@@ -391,14 +396,13 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
             raise _fail(node, t.module, f"padding_mode {sub.padding_mode!r} is not supported "
                         "(only 'zeros')")
         if sub.groups == 1:
-            seg = _summed(t, node, first)
+            lay = _summed(t, node, first)
             out = t.new_set(sub.out_channels, name)
-            t.uses.append((f"{name}.weight", out, seg))
+            t.uses.append((f"{name}.weight", out, lay))
             if sub.bias is not None:
                 t.uses.append((f"{name}.bias", out, None))
-            t.consumers.append((node, first))  # type: ignore[arg-type]
             t.layouts[node.name] = (Seg(out, sub.out_channels),)
-            _add_step(t, node, "conv", drop_in=_set_key(seg))
+            _add_step(t, node, "conv")
             return
         if sub.groups == sub.in_channels == sub.out_channels:
             seg = _single(t, node, first, "a depthwise convolution")
@@ -417,15 +421,13 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
         if len(shape) != 2:
             raise _fail(node, t.module, f"a dense layer on a {len(shape)}-d tensor reads its "
                         "features from the last dim, not the channels on dim 1; flatten first")
-        seg = _summed(t, node, first)
+        lay = _summed(t, node, first)
         out = t.new_set(sub.out_features, name)
-        t.uses.append((f"{name}.weight", out, seg))
+        t.uses.append((f"{name}.weight", out, lay))
         if sub.bias is not None:
             t.uses.append((f"{name}.bias", out, None))
-        t.consumers.append((node, first))  # type: ignore[arg-type]
         t.layouts[node.name] = (Seg(out, sub.out_features),)
-        _add_step(t, node, "linear", drop_in=_set_key(seg),
-                  repeat=seg.repeat if seg is not None else 1)
+        _add_step(t, node, "linear")
         return
     if isinstance(sub, (nn.BatchNorm1d, nn.BatchNorm2d)):
         seg = _single(t, node, first, "a batch norm")
@@ -444,16 +446,15 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
     raise _fail(node, t.module, f"modules of type {type(sub).__name__} are not supported")
 
 
-def _summed(t: _Tracer, node: fx.Node, layout: Layout | None) -> Seg | None:
-    """The input segment a summing layer (convolution, dense) reads; None for a
-    concatenation, which :func:`_finish` accepts only if none of its parts is dropped."""
+def _summed(t: _Tracer, node: fx.Node, layout: Layout | None) -> Layout:
+    """The input layout a summing layer (convolution, dense) reads, recorded."""
     if layout is None:
         raise _fail(node, t.module, "its input is not a feature map the tracer follows")
-    return layout[0] if len(layout) == 1 else None
-
-
-def _set_key(seg: Seg | None) -> str | None:
-    return None if seg is None else str(seg.set_id)
+    if len({s.repeat for s in layout}) > 1:
+        raise _fail(node, t.module, "it reads a concatenation of flattened parts of "
+                    "different sizes (each channel of a part must own as many features)")
+    t.summed[node.name] = layout
+    return layout
 
 
 def _visit_elementwise(t: _Tracer, node: fx.Node) -> None:
@@ -551,28 +552,39 @@ def _finish(t: _Tracer) -> TraceResult:
     def group(set_id: int | None) -> str | None:
         return None if set_id is None else roots.get(t.find(set_id))
 
-    # a layer summing over a concatenation that holds a droppable set: its weight's dim 1
-    # would be cut by two groups at once, which ParamSpec cannot say
-    for node, layout in t.consumers:
-        if len(layout) > 1 and any(group(s.set_id) for s in layout):
-            raise _fail(node, t.module, "it reads a concatenation of droppable channels; "
-                        "a layer reading several droppable groups at once is not supported "
-                        "yet")
+    def parts(layout: Layout) -> tuple[tuple[str | None, int], ...]:
+        """A concatenation's parts, () when nothing in it is dropped."""
+        found = tuple((group(s.set_id), s.channels) for s in layout)
+        return found if len(found) > 1 and any(g for g, _ in found) else ()
+
     specs: dict[str, ParamSpec] = {}
-    for pname, out, seg in t.uses:
-        inp = group(seg.set_id) if seg is not None else None
-        specs[pname] = ParamSpec(out=group(out), inp=inp,
-                                 inp_repeat=seg.repeat if inp is not None else 1)
+    for pname, out, lay in t.uses:
+        if lay is None:
+            specs[pname] = ParamSpec(out=group(out))
+        elif parts(lay):  # dim 1 reads several groups side by side
+            specs[pname] = ParamSpec(out=group(out), inp_repeat=lay[0].repeat,
+                                     inp_parts=parts(lay))
+        else:
+            inp = group(lay[0].set_id) if len(lay) == 1 else None
+            specs[pname] = ParamSpec(out=group(out), inp=inp,
+                                     inp_repeat=lay[0].repeat if inp is not None else 1)
     order = sorted(roots, key=lambda s: min(
         i for i, st in enumerate(t.steps) if st.kind in ("conv", "linear")
         and t.find(_step_out_set(t, st)) == s))
     groups = tuple(Group(roots[s], t.channels[s]) for s in order)
-    steps = tuple(
-        Step(st.name, st.kind, st.op, st.target, st.args, st.kwargs,
-             drop_in=group(int(st.drop_in)) if st.drop_in is not None else None,
-             repeat=st.repeat)
-        for st in t.steps)
+    steps = tuple(_with_drop(st, t.summed.get(st.name), group, parts) for st in t.steps)
     return TraceResult(groups, specs, steps)
+
+
+def _with_drop(st: Step, layout: Layout | None, group: Callable[[int], str | None],
+               parts: Callable[[Layout], tuple[tuple[str | None, int], ...]]) -> Step:
+    """``st`` with where its input's groups are rescaled (summing layers only)."""
+    if layout is None:
+        return st
+    if len(layout) == 1:
+        return dataclasses.replace(st, drop_in=group(layout[0].set_id),
+                                   repeat=layout[0].repeat)
+    return dataclasses.replace(st, drop_parts=parts(layout), repeat=layout[0].repeat)
 
 
 def _step_out_set(t: _Tracer, st: Step) -> int:

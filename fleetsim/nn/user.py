@@ -192,9 +192,13 @@ class UserNet(DroppableNet):
         self._counter.activations += sum(sizes)
         return y  # type: ignore[no-any-return]
 
-    def _rescaled(self, h: Tensor, group: str | None, repeat: int) -> Tensor:
-        """A summing layer's input carrying ``group``: rescaled by C/k (inverted dropout);
-        in masked mode also zeroed on the dropped channels."""
+    def _rescaled(self, h: Tensor, group: str | None, repeat: int,
+                  parts: tuple[tuple[str | None, int], ...] = ()) -> Tensor:
+        """A summing layer's input carrying ``group`` (or a concatenation of ``parts``):
+        rescaled by C/k (inverted dropout); in masked mode also zeroed on the dropped
+        channels."""
+        if parts:
+            return self._rescaled_parts(h, parts, repeat)
         if group is None or self._keep is None or group not in self._keep:
             return h
         idx = self._keep[group]
@@ -205,6 +209,25 @@ class UserNet(DroppableNet):
             m[idx] = scale
             return h * m.repeat_interleave(repeat).view(1, -1, *([1] * (h.dim() - 2)))
         return h * scale if scale != 1.0 else h
+
+    def _rescaled_parts(self, h: Tensor, parts: tuple[tuple[str | None, int], ...],
+                        repeat: int) -> Tensor:
+        """Each part of a concatenated input scaled by its own group's C/k."""
+        keep = self._keep
+        if keep is None or not any(g in keep for g, _ in parts):
+            return h
+        scales = []
+        for g, c in parts:
+            k = len(keep[g]) if g in keep else c
+            s = c / k if self.rescale else 1.0
+            if self._masked:
+                m = torch.zeros(c, dtype=h.dtype, device=h.device)
+                m[keep[g] if g in keep else slice(None)] = s
+            else:  # the sliced input holds the k kept channels of the part
+                m = torch.full((k,), s, dtype=h.dtype, device=h.device)
+            scales.append(m)
+        m = torch.cat(scales).repeat_interleave(repeat)
+        return h * m.view(1, -1, *([1] * (h.dim() - 2)))
 
     # -- checks -----------------------------------------------------------------------
 
@@ -260,7 +283,7 @@ class UserNet(DroppableNet):
 
 def _conv(net: UserNet, st: Step, x: Tensor) -> Tensor:
     mod: nn.Conv2d = net.net.get_submodule(st.target)  # type: ignore[assignment]
-    x = net._rescaled(x, st.drop_in, 1)
+    x = net._rescaled(x, st.drop_in, 1, st.drop_parts)
     return net.conv(x, f"net.{st.target}", stride=mod.stride, padding=mod.padding,
                     dilation=mod.dilation)
 
@@ -273,7 +296,8 @@ def _depthwise(net: UserNet, st: Step, x: Tensor) -> Tensor:
 
 
 def _linear(net: UserNet, st: Step, x: Tensor) -> Tensor:
-    return net.linear(net._rescaled(x, st.drop_in, st.repeat), f"net.{st.target}")
+    return net.linear(net._rescaled(x, st.drop_in, st.repeat, st.drop_parts),
+                      f"net.{st.target}")
 
 
 def _bn(net: UserNet, st: Step, x: Tensor) -> Tensor:

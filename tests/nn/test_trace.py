@@ -104,8 +104,8 @@ def test_data_dependent_control_flow_is_refused_naming_the_line() -> None:
 @pytest.mark.parametrize("kind, words", [
     ("Grouped", ["graph node 'conv2'", "grouped convolution", "groups=2"]),
     ("ChannelMean", ["graph node 'mean'", "reduction over the batch or channel dim"]),
-    ("Concat", ["graph node 'conv'", "concatenation of droppable channels"]),
     ("Shared", ["graph node 'conv2_1'", "called a second time"]),
+    ("NormOfConcat", ["graph node 'bn'", "its input is a concatenation"]),
 ])
 def test_other_constructs_are_refused_naming_the_node(kind: str, words: list[str]) -> None:
     msg = _refused(kind)
@@ -131,3 +131,15 @@ def test_untraceable_is_a_user_error() -> None:
 def test_a_python_branch_on_the_mode_is_caught_by_the_forward_check() -> None:
     msg = _refused("ModeBranch")
     assert "computes something other than its forward" in msg and "self.training" in msg
+
+
+def test_concatenations_cut_a_layer_by_each_part() -> None:
+    m = user("make", (3, 8, 8), 5, kind="Dense")
+    assert [(g.name, g.channels) for g in m.groups] == [("a", 4), ("b", 6), ("c", 5)]
+    assert m.specs["net.c.weight"].inp_parts == (("a", 4), ("b", 6))
+    fc = m.specs["net.fc.weight"]
+    assert fc.inp_parts == (("a", 4), ("b", 6), ("c", 5)) and fc.inp_repeat == 4
+    keep = {"a": torch.tensor([1, 3]), "c": torch.tensor([0, 4])}
+    idx = fc.in_index(keep)
+    assert idx is not None and idx.tolist() == [1, 3, *range(4, 10), 10, 14]
+    assert m.cut("net.fc.weight", m.net.fc.weight, keep).shape == (5, 10 * 4)

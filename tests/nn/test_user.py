@@ -30,6 +30,9 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], int]] = {
                     {"width": 0.25, "last": 32, "stem": 16,
                      "blocks": [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 2, 1]]}, (3, 8, 8), 5),
     "resnet18": ("resnet18.py:make_net", {"width": 0.125}, (3, 8, 8), 5),
+    # concatenations (DenseNet-style), into a convolution and flattened into the head
+    "dense": (f"{Path(__file__).resolve().parent / 'user_nets.py'}:make", {"kind": "Dense"},
+              (3, 8, 8), 5),
 }
 
 
@@ -55,11 +58,16 @@ def _masked_params(model: UserNet, keep: Keep) -> dict[str, Tensor]:
             rows = torch.zeros(p.shape[0])
             rows[keep[spec.out]] = 1.0
             mask = mask * rows.view(-1, *([1] * (p.dim() - 1)))
-        if spec.inp in keep:
-            c = model.group_channels[spec.inp]
-            cols = torch.zeros(c)
-            cols[keep[spec.inp]] = c / len(keep[spec.inp])
-            mask = mask * cols.repeat_interleave(spec.inp_repeat).view(
+        parts = spec.inp_parts or (
+            ((spec.inp, p.shape[1] // spec.inp_repeat),) if p.dim() > 1 else ())
+        if any(g in keep for g, _ in parts):
+            cols = []
+            for g, c in parts:  # a concatenation: each part scaled by its own C/k
+                part = torch.zeros(c) if g in keep else torch.ones(c)
+                if g in keep:
+                    part[keep[g]] = c / len(keep[g])
+                cols.append(part)
+            mask = mask * torch.cat(cols).repeat_interleave(spec.inp_repeat).view(
                 1, -1, *([1] * (p.dim() - 2)))
         out[name] = p * mask
     return out

@@ -257,3 +257,34 @@ class Shared(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv2(F.relu(self.conv2(F.relu(self.conv1(x)))))
         return self.fc(h.mean((2, 3)))
+
+
+class Dense(nn.Module):
+    """DenseNet-style concatenations: into a convolution, and flattened into the head
+    (without DenseNet's batch norm of the concatenation, which is refused)."""
+
+    def __init__(self, cin: int, classes: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(cin, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 6, 3, padding=1)
+        self.c = nn.Conv2d(10, 5, 3, padding=1)
+        self.fc = nn.Linear((4 + 6 + 5) * 4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ha = F.relu(self.a(x))
+        h = torch.cat([ha, F.relu(self.b(ha))], dim=1)
+        z = torch.cat([h, F.relu(self.c(h))], 1)
+        return self.fc(F.max_pool2d(z, 4).flatten(1))
+
+
+class NormOfConcat(nn.Module):
+    def __init__(self, cin: int, classes: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(cin, 4, 3, padding=1)
+        self.b = nn.Conv2d(cin, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn(torch.cat([self.a(x), self.b(x)], 1))
+        return self.fc(F.relu(h).mean((2, 3)))
