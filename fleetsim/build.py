@@ -240,6 +240,10 @@ def front_for(sc: Scenario, progress: bool = True) -> Path:
     return cached(dse_job(sc), lambda model: cost_model(sc, model), progress)
 
 
+#: policies that train the full model only: the ones a model without groups can run
+FIXED_WORK = frozenset({"fedavg", "fedprox", "fednova"})
+
+
 @dataclass
 class Built:
     """The parts of a run, built from one scenario."""
@@ -341,6 +345,14 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
             backend.close()
         raise _in_file(exc, source) from None
     pcls = POLICIES.get(sc.policy.name)
+    if not model.groups and sc.policy.name not in FIXED_WORK:
+        if backend is not None:
+            backend.close()
+        raise UserError(
+            f"{source or '<scenario>'}: at 'policy.name': {sc.policy.name!r} trains "
+            "sub-networks, and the model has no droppable groups (model.options.groups: "
+            f"none). Allowed: a fixed-work policy ({', '.join(sorted(FIXED_WORK))}), or "
+            "model.options.groups: auto (the default).")
     options = dict(sc.policy.options)
     if "front" in pcls.Options.model_fields and options.get("front") is None:
         # DISTREAL-family policies: the front of this scenario's DSE settings (cached)

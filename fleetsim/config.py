@@ -58,7 +58,9 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     arch: str = Field("cnn4", description="network: mlp | cnn4 | femnist_cnn | resnet8 | "
-                      "resnet20 (see `fleetsim schema` for the registered list)")
+                      "resnet20 | user (your own nn.Module: options.factory "
+                      "'file.py:make_net', see docs/extending.md; `fleetsim schema` lists "
+                      "the registered ones)")
     options: dict[str, Any] = _opts()
 
 

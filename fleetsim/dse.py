@@ -54,6 +54,7 @@ from fleetsim.costs import CostModel
 from fleetsim.data import Dataset, Partition
 from fleetsim.errors import UserError
 from fleetsim.nn import DroppableNet
+from fleetsim.nn.user import model_source_digest
 from fleetsim.training import Trainer, TrainerSettings, UpdateJob
 
 Vector = tuple[float, ...]
@@ -123,6 +124,9 @@ def settings_digest(job: DSEJob) -> str:
                                                          "generations"}),
         "backward_factor": job.backward_factor, "version": 2,
     }
+    source = model_source_digest(t.model.arch, t.model.options)
+    if source is not None:  # a user network: its file's content changes results too
+        key["model_source"] = source
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -244,6 +248,10 @@ def run_dse(job: DSEJob, make_costs: Callable[[DroppableNet], CostModel],
     t0 = time.perf_counter()
     base = Evaluator(job)
     groups = tuple((g.name, g.channels) for g in base.trainer.model.groups)
+    if not groups:
+        raise UserError("at 'model.options.groups': the DSE searches dropout vectors, and "
+                        "the model has no droppable groups (groups: none). Allowed: "
+                        "model.options.groups: auto (the default).")
     costs = make_costs(base.trainer.model)
     grid = np.asarray(cfg.grid, dtype=np.float64)
     n_var = len(groups)

@@ -340,8 +340,7 @@ class Trainer:
             if k in acc and acc[k] is None:
                 continue
             spec = self.model.specs[k]
-            if keep is None or not ((spec.out and spec.out in keep)
-                                    or (spec.inp and spec.inp in keep)):
+            if keep is None or not spec.cut_by(keep):
                 acc[k] = None
                 continue
             m = acc.get(k)
