@@ -14,7 +14,8 @@ from fleetsim.dse import Evaluator, non_dominated, read_front, write_front
 from tests.conftest import TINY
 
 DSE = ["model.options.hidden=[16,16]", "dse.population=6", "dse.generations=2",
-       "dse.budget_steps=3", "dse.warmup_steps=5", "dse.grid=[0.0,0.25,0.5,0.75]"]
+       "dse.budget_steps=3", "dse.warmup_steps=5", "dse.grid=[0.0,0.25,0.5,0.75]",
+       "dse.repeats=2"]
 
 
 def scenario(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
@@ -77,7 +78,8 @@ def test_cache_avoids_recomputation_and_file_round_trip(tmp_path: Path,
     assert back.groups == front.groups
     np.testing.assert_array_equal(back.vectors, front.vectors)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    assert back.meta["baseline_proxy"] > 0
+    assert back.meta["warm_loss"] > 0
+    np.testing.assert_array_equal(back.spread, front.spread)
 
 
 def test_cached_values_come_from_the_file(tmp_path: Path,
@@ -89,9 +91,11 @@ def test_cached_values_come_from_the_file(tmp_path: Path,
     (path,) = (tmp_path / "cache").glob("dse-*.json")
     cached = json.loads(path.read_text())
     assert len(cached) == len(ev["macs"])
-    fake = {k: 50.0 + i for i, k in enumerate(sorted(cached))}
+    fake = {k: {"excess": [50.0 + i, 52.0 + i], "diverged": False}
+            for i, k in enumerate(sorted(cached))}
     path.write_text(json.dumps(fake))
-    by_vector = {tuple(float(x) for x in k.split(",")): v for k, v in fake.items()}
+    by_vector = {tuple(float(x) for x in k.split(",")): 51.0 + i
+                 for i, k in enumerate(sorted(fake))}
 
     counted = _Counting(monkeypatch)
     _, ev2 = run_dse(sc, progress=False)
@@ -110,7 +114,7 @@ def test_cached_values_come_from_the_file(tmp_path: Path,
     other = scenario(tmp_path, "dse.workers=1", "dse.budget_steps=4")
     _, ev3 = run_dse(other, progress=False)
     assert len(counted.vectors) - before == len(ev3["macs"])  # nothing from the other file
-    assert not set(ev3["proxy"].tolist()) & set(fake.values())
+    assert not set(ev3["proxy"].tolist()) & set(by_vector.values())
     assert len(list((tmp_path / "cache").glob("dse-*.json"))) == 2
 
 
