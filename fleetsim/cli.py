@@ -98,9 +98,9 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_dse(args: argparse.Namespace) -> int:
-    from fleetsim.build import load_scenario, run_dse
     import numpy as np
 
+    from fleetsim.build import load_scenario, run_dse
     from fleetsim.dse import useful, write_front
 
     overrides = list(args.overrides)

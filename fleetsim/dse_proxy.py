@@ -10,8 +10,9 @@ d = 0 candidate's excess is exactly 0. The proxy is the mean over repeats, its s
 their standard deviation.
 
 A candidate whose training diverges in any repeat (a loss that is not finite, or a
-validation loss above the untrained initial model's: the budget lost everything the
-warm-up learned and more) is *infeasible*: the search keeps it off the front.
+validation loss more than 10% above the untrained initial model's or a uniform guess's,
+whichever is higher: the budget lost everything the warm-up learned and more) is
+*infeasible*: the search keeps it off the front.
 
 The validation samples are held out from the training split; the test set is never used
 for design decisions. With ``bn_stats: static`` the batch-norm statistics are recomputed
@@ -85,9 +86,10 @@ class Reference:
     ----------
     warm : the warm-started model state every run starts from
     warm_loss : its validation loss
-    initial_loss : the untrained initial model's validation loss (the divergence line)
+    initial_loss : the untrained initial model's validation loss
     losses : per repeat, the d = 0 reference's validation loss after the budget
     streams : per repeat, the key of its mini-batch and channel streams
+    num_classes : classes of the task (a uniform guess has loss ln C)
     """
 
     warm: dict[str, torch.Tensor]
@@ -95,6 +97,15 @@ class Reference:
     initial_loss: float
     losses: tuple[float, ...]
     streams: tuple[int, ...]
+    num_classes: int = 2
+
+    @property
+    def diverged_loss(self) -> float:
+        """The divergence line: 10% above the worse of the untrained model and a uniform
+        guess (ln C). A run beyond it lost all the warm-up taught and more; the margin
+        keeps the first steps from an untrained start (no warm-up), which may wobble
+        just above it, feasible."""
+        return 1.1 * max(self.initial_loss, math.log(self.num_classes))
 
 
 def default_streams(repeats: int) -> tuple[int, ...]:
@@ -166,7 +177,7 @@ class Evaluator:
                             f" warm-up mini-batches diverged (validation loss {warm_loss}) at "
                             f"learning rate {t.opt.lr}. Allowed: a learning rate "
                             "(training.optimizer.lr) at which the full network trains.")
-        ref = Reference(warm, warm_loss, initial_loss, (), streams)
+        ref = Reference(warm, warm_loss, initial_loss, (), streams, t.data.num_classes)
         losses = []
         for s in streams:
             loss = self._run(ref, self.zero, s)
@@ -193,7 +204,7 @@ class Evaluator:
         if not math.isfinite(res.loss_sum):
             return None
         loss = self.val_loss(dict(res.update.state))
-        if not math.isfinite(loss) or loss > ref.initial_loss:
+        if not math.isfinite(loss) or loss > ref.diverged_loss:
             return None
         return loss
 
