@@ -270,7 +270,7 @@ class DseConfig(Section):
                               "full-network reference) trains for the convergence proxy")
     warmup_steps: int = Field(100, ge=0, description="full-network mini-batches from the "
                               "initial model to the common warm start")
-    repeats: int = Field(3, ge=1, description="proxy (excess validation loss over the full "
+    repeats: int = Field(2, ge=1, description="proxy (excess validation loss over the full "
                          "network on the same mini-batches) averaged over this many "
                          "independent data/channel streams; their spread is stored too")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of training samples held "
