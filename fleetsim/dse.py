@@ -476,7 +476,11 @@ def plot_front(path: Path, front: Front, evaluated: dict[str, np.ndarray]) -> No
                     c="C3", capsize=2, label=f"Pareto front, not useful ({int((~good).sum())})")
     ax.axhline(0.0, ls="--", c="0.4", lw=1, label="full network (d = 0)")
     spreads = err[ok][np.isfinite(err[ok]) & (err[ok] > 0)]
-    ax.set_yscale("symlog", linthresh=float(np.median(spreads)) if len(spreads) else 1e-2)
+    lin = float(np.median(spreads)) if len(spreads) else 1e-2
+    ax.set_yscale("symlog", linthresh=lin)
+    # down to the lowest error bar only: below 0 sit at most vectors within noise of d = 0
+    low = y[ok] - err[ok]
+    ax.set_ylim(bottom=min(float(np.nanmin(low)) if ok.any() else 0.0, 0.0) - 0.5 * lin)
     ax.set_xlabel("cost per mini-batch (share of the full network's MACs)")
     ax.set_ylabel("excess validation loss over d = 0 (nats)")
     ax.set_title(f"DSE: {front.meta.get('arch', '')} on {front.meta.get('dataset', '')}",
