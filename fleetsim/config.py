@@ -280,12 +280,13 @@ class DseConfig(Section):
                                     "take")
     population: int = Field(24, ge=4, description="NSGA-II population size")
     generations: int = Field(12, ge=1, description="NSGA-II generations")
-    budget_steps: int = Field(20, ge=1, description="mini-batches each candidate trains for "
-                              "the convergence proxy")
+    budget_steps: int = Field(20, ge=1, description="mini-batches each candidate (and the "
+                              "full-network reference) trains for the convergence proxy")
     warmup_steps: int = Field(100, ge=0, description="full-network mini-batches from the "
                               "initial model to the common warm start")
-    repeats: int = Field(1, ge=1, description="proxy averaged over this many data/channel "
-                         "seeds")
+    repeats: int = Field(2, ge=1, description="proxy (excess validation loss over the full "
+                         "network on the same mini-batches) averaged over this many "
+                         "independent data/channel streams; their spread is stored too")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of training samples held "
                                 "out to measure the proxy (the test set is never used)")
     seed: int = Field(0, ge=0, description="seed of the search (independent of run seeds, "
