@@ -166,3 +166,13 @@ def test_ceil_reaches_the_trainer_through_the_engine() -> None:
     assert slow
     groups = (Group("h0", 8), Group("h1", 12))
     assert all(tuple(kept_counts(groups, j.vectors[0]).values()) == (3, 4) for j in slow)
+
+
+def test_the_dse_trains_its_candidates_with_the_family_defaults() -> None:
+    # distreal, uniform-adaptive and distreal-static share one front: the DSE must build
+    # the same model as the runs that use it
+    from fleetsim.build import dse_job
+
+    jobs = [dse_job(load(n, BN_CNN)) for n in ("distreal", "uniform-adaptive",
+                                                "distreal-static")]
+    assert {j.trainer.model.options["bn_stats"] for j in jobs} == {"batch"}
