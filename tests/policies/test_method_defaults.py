@@ -176,3 +176,21 @@ def test_the_dse_trains_its_candidates_with_the_family_defaults() -> None:
     jobs = [dse_job(load(n, BN_CNN)) for n in ("distreal", "uniform-adaptive",
                                                 "distreal-static")]
     assert {j.trainer.model.options["bn_stats"] for j in jobs} == {"batch"}
+
+
+def test_compare_cells_record_the_defaults_too(tmp_path: Any) -> None:
+    # a batch cell's scenario crosses into its worker as JSON: the record must go with it
+    from fleetsim.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(TIMED)
+    out = tmp_path / "out"
+    assert main(["compare", str(path), "--policies", "heterofl", "--set",
+                 "model.arch=cnn4", "--set",
+                 "model.options={channels: [2, 3, 4, 4], norm: bn}", "--out", str(out),
+                 "--quiet"]) == 0
+    (h5,) = out.rglob("run.h5")
+    with h5py.File(h5) as f:
+        recorded = json.loads(f.attrs["method_defaults"])
+    assert {r["option"]: r["outcome"] for r in recorded} == {"rescale": "applied",
+                                                            "bn_stats": "applied"}
