@@ -48,7 +48,7 @@ class HeteroFL(Policy):
         ModelDefault("rescale", True, "HeteroFL paper Sec. 3, 'Scaler'; code: "
                      "models/conv.py and models/resnet.py put modules.Scaler (input / "
                      "rate in training) after each convolution "
-                     "when control 'scale' is 1, as in every command of the README"),
+                     "when control 'scale' is 1 (the README's MNIST example)"),
         ModelDefault("bn_stats", "static", "HeteroFL paper Sec. 3, 'Static Batch Normalization'; "
                      "code: BatchNorm2d(track_running_stats=False) in training, "
                      "train_classifier_fed.py stats() recomputes the global model's "
