@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
-from fleetsim.build import load_scenario
+from fleetsim.build import load_scenario, method_defaults
 from fleetsim.config import Scenario
 from fleetsim.errors import UserError
 from fleetsim.results import atomic_write_bytes, write_files
@@ -310,6 +311,9 @@ class CellTask:
     rel_dir: str
     scenario_json: str
     source: str  # the scenario file, for messages
+    #: what became of the policy's model defaults (``fleetsim.build.method_defaults``):
+    #: not part of the scenario's JSON, so it travels beside it into the run's provenance
+    method_defaults: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -367,7 +371,8 @@ def plan(grid: Grid, out: Path) -> Plan:
             mismatched.append((str(h5), stored, sc.digest()))
         else:
             to_run.append((cell, CellTask(cell.rel_dir, sc.model_dump_json(),
-                                          cell.scenario_path)))
+                                          cell.scenario_path,
+                                          tuple(method_defaults(sc)))))
     if mismatched:
         path, old, new = mismatched[0]
         raise UserError(f"{out}: {len(mismatched)} result(s) were made from a different "
@@ -394,6 +399,7 @@ def compute_cell(task: CellTask) -> CellOutcome:
     t0 = time.perf_counter()
     try:
         sc = Scenario.model_validate_json(task.scenario_json)
+        sc._method_defaults = task.method_defaults
         load_plugins(sc.plugins, task.source)
         log = run_scenario(sc, task.source)
         with tempfile.TemporaryDirectory(prefix="fleetsim-cell-") as tmp:

@@ -59,7 +59,37 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     load_plugins(sc.plugins, source)
     _check_component_numbers(sc, source, keys)
     validate_components(sc, source, keys)
-    return sc
+    return with_method_defaults(sc)
+
+
+def with_method_defaults(sc: Scenario) -> Scenario:
+    """``sc`` with its policy's model defaults filled into ``model.options``.
+
+    Each default the scenario does not set itself applies (see
+    :mod:`fleetsim.policies.defaults`); what the scenario sets wins. The records of what
+    became of each default travel with the scenario (:func:`method_defaults`) into the
+    run's provenance. Applied here, where the scenario is loaded, so that every part built
+    from it (trainer, DSE, cost model, batch cells) sees the same model.
+    """
+    from fleetsim.nn import MODELS
+    from fleetsim.policies.defaults import resolve_model_defaults
+
+    pcls = POLICIES.get(sc.policy.name)
+    mcls = MODELS.get(sc.model.arch)
+    defaults = getattr(pcls, "model_defaults", ())
+    opts_cls = getattr(mcls, "Options", None)
+    if not defaults or opts_cls is None:
+        return sc
+    merged, records = resolve_model_defaults(defaults, opts_cls, sc.model.options)
+    out = sc.model_copy(update={"model": sc.model.model_copy(update={"options": merged})})
+    out._method_defaults = tuple(r.as_dict() for r in records)
+    return out
+
+
+def method_defaults(sc: Scenario) -> list[dict[str, Any]]:
+    """What became of each of the policy's model defaults in ``sc`` (empty: none, or
+    ``sc`` did not come from :func:`load_scenario`)."""
+    return list(sc._method_defaults)
 
 
 def registries() -> dict[str, Registry[Any]]:

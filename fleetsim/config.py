@@ -15,7 +15,7 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from fleetsim.numbers import StrictNumbers
 
@@ -343,6 +343,9 @@ class Scenario(Section):
     dse: DseConfig = Field(default_factory=DseConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    #: what became of the policy's model defaults (fleetsim.build.with_method_defaults
+    #: fills it; the run's provenance records it); not a key of the scenario file
+    _method_defaults: tuple[dict[str, Any], ...] = PrivateAttr(())
 
     @field_validator("name")
     @classmethod

@@ -110,7 +110,9 @@ def provenance(sc: Scenario, extra: dict[str, Any] | None = None) -> dict[str, A
         "python": sys.version.split()[0],
         "platform": platform.platform(), "torch": torch.__version__,
         "numpy": np.__version__, "scipy": scipy.__version__, "simpy": simpy.__version__,
-        "h5py": h5py.__version__, **(extra or {}),
+        "h5py": h5py.__version__,
+        # which model settings were the method's defaults and which the scenario's own
+        "method_defaults": list(sc._method_defaults), **(extra or {}),
     }
 
 

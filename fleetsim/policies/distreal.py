@@ -43,6 +43,17 @@ from fleetsim.policies.base import (
     StepObservation,
     Vector,
 )
+from fleetsim.policies.defaults import ModelDefault
+
+#: DISTREAL's own code is not public; a co-author's SLT code (k1l1/SLT) is the nearest
+#: source for how its group trains sub-networks with batch norm. All three policies of the
+#: family share these, so they share one DSE front too.
+DISTREAL_DEFAULTS = (
+    ModelDefault("bn_stats", "batch", "not in the DISTREAL paper; k1l1/SLT (code of "
+                 "co-author K. Pfeiffer): every BatchNorm2d has track_running_stats=False "
+                 "(nets/SLTNets/resnet_cifar.py), so batch statistics in training and at "
+                 "test", batch_norm_only=True),
+)
 
 
 class AdaptiveOptions(PolicyOptions):
@@ -59,11 +70,14 @@ class AdaptiveOptions(PolicyOptions):
 class CandidatePolicy(Policy):
     """Choose, per mini-batch, the best-ranked candidate vector that fits the time left.
 
+    Model defaults: ``DISTREAL_DEFAULTS``.
+
     Subclasses provide ``candidates``: vectors ordered from best convergence (first) to
     cheapest (last), with strictly decreasing cost.
     """
 
     Options: ClassVar[type[PolicyOptions]] = AdaptiveOptions
+    model_defaults = DISTREAL_DEFAULTS
     candidates: list[Vector]
 
     def _step_s(self, vec: Vector, obs: StepObservation) -> float:
@@ -237,6 +251,7 @@ class DistrealStatic(Policy):
     (per class and step count, the same rule)."""
 
     summary = "one DSE front vector per device class, fixed for the run"
+    model_defaults = DISTREAL_DEFAULTS
 
     class Options(PolicyOptions):
         front: str | None = Field(None, description="front file (default: computed and "
