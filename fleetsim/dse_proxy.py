@@ -138,7 +138,10 @@ class Evaluator:
         # unchanged. Candidates train from the DSE's own seed, not the run's: the front is
         # cached by the DSE's settings alone, so a front that depended on the run seed
         # would depend on which seed happened to search first.
-        t = Trainer(dataclasses.replace(trainer, seed=cfg.seed))
+        # The DSE's own validation samples go where evaluate() reads the "test" split (below),
+        # whatever split the run itself evaluates on (a learning-rate sweep evaluates on
+        # data.validation_fraction, which the DSE never sees: it is not in x_train).
+        t = Trainer(dataclasses.replace(trainer, seed=cfg.seed, eval_split="test"))
         ds = t.data
         n = len(ds.y_train)
         perm = np.random.default_rng(cfg.seed).permutation(n)

@@ -214,3 +214,15 @@ def test_digest_follows_the_proxy_version(tmp_path: Path,
     base = dse.settings_digest(job)
     monkeypatch.setattr(dse, "PROXY_VERSION", dse.PROXY_VERSION + 1)
     assert dse.settings_digest(job) != base
+
+
+def test_a_run_evaluating_on_the_validation_split_gets_the_same_front(tmp_path: Path) -> None:
+    """A learning-rate sweep (eval.split: validation) needs the DSE too: its proxy uses the
+    DSE's own validation samples, so the front equals that of the same data evaluated on
+    the test split (and never reads data.validation_fraction's samples)."""
+    held = ["data.validation_fraction=0.2", "dse.workers=1"]
+    a, ev_a = run_dse(scenario(tmp_path / "a", *held, "eval.split=validation"),
+                      progress=False)
+    b, ev_b = run_dse(scenario(tmp_path / "b", *held), progress=False)
+    np.testing.assert_array_equal(ev_a["proxy"], ev_b["proxy"])
+    np.testing.assert_array_equal(a.vectors, b.vectors)
