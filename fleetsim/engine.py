@@ -1,11 +1,11 @@
 """The discrete-event engine: the only module that touches the SimPy environment.
 
-A server process runs synchronous rounds: it selects devices among those online, starts
-one device process per selected device, and waits for all of them, the deadline, or (with
-over-commitment) the first K arrivals. A device process downloads the model, trains,
-and uploads; each phase is one timeout whose length comes from the cost model, the
-network path and the exact integral of the device's availability trace. A device that
-goes offline during any phase drops out at that instant.
+A server process runs synchronous rounds: it selects devices among those online, works
+out each selected device's round at once (download, training and upload, each phase as
+long as the cost model, the network path and the exact integral of the device's
+availability trace make it; a device that goes offline during any phase drops out at
+that instant), and waits with one timeout until every fate, the deadline, or (with
+over-commitment) the K-th arrival. No device needs a process or an event of its own.
 
 Timing depends on the cost model and the traces alone, never on training results, so a
 round's schedule -- who finishes, when, with which dropout vector at each mini-batch --
@@ -260,23 +260,17 @@ class Engine:
                                record=plan.keep < plan.select)
                 outcomes.append(out)
             self._check_server_can_close(outcomes, cutoff, plan.keep, plan.select, r)
-            arrivals: list[DeviceRound] = []
-            enough = env.event()
-            closed = [False]  # set when the server stops waiting; later arrivals stay quiet
-            procs = [env.process(self._device(o, arrivals, enough, plan.keep, closed))
-                     for o in outcomes]
-            waits = [env.all_of(procs)]
-            if cutoff < INF:
-                waits.append(env.timeout(cutoff - t_start))
-            if plan.keep < plan.select:
-                waits.append(enough)
-            yield env.any_of(waits)
-            closed[0] = True
-            # The close time from the fates themselves, not env.now: SimPy reaches a time
-            # t as now + (t - now), which can land an ulp short of t, and a device that
-            # arrived must not look as if it were still working.
+            # Every fate is known now, so the server waits with one timeout for the
+            # instant it stops waiting (every fate, the cutoff or the keep-th arrival),
+            # not with a SimPy process per device: that was most of the engine's events
+            # and ~10 us per selected device. SimPy reaches that instant as now + (t -
+            # now), exactly where the first of per-device timeouts would have woken it
+            # (the map is monotone), so the next round starts at the same time to the bit.
+            # The close time itself is the fates' own, not env.now, which can land an ulp
+            # short of t: a device that arrived must not look as if it were still working.
             t_end = _close_time(outcomes, cutoff, plan.keep if plan.keep < plan.select
                                 else None)
+            yield env.timeout(t_end - t_start)
             self._close(outcomes, t_end, cutoff, plan.keep)
             done = [o for o in outcomes if o.status == "completed"]
             losses = self._aggregate(done)
@@ -673,17 +667,6 @@ class Engine:
             if v != a.submodel:
                 a = dataclasses.replace(a, submodel=v)
         return a
-
-    def _device(self, out: DeviceRound, arrivals: list[DeviceRound], enough: simpy.Event,
-                keep: int, closed: list[bool]) -> Iterator[simpy.events.Event]:
-        """One device's process: it ends at the device's fate (arrival, drop, cutoff)."""
-        if out.t_end == INF:
-            yield self.env.event()  # never ends: only the server's cutoff closes the round
-        yield self.env.timeout(out.t_end - self.env.now)
-        if out.status == "completed" and not closed[0]:
-            arrivals.append(out)
-            if len(arrivals) == keep and not enough.triggered:
-                enough.succeed()
 
     def _check_server_can_close(self, outcomes: list[DeviceRound], cutoff: float, keep: int,
                                 select: int, r: int) -> None:
