@@ -179,6 +179,9 @@ class Engine:
         # steps_of() mini-batches), so the engine may skip building an observation per
         # mini-batch for policies that keep it (FedAvg, FedProx, HeteroFL, ...).
         self._fixed_work = type(policy).decide is Policy.decide
+        # A selector that keeps the base feedback() learns nothing (random): a frozen
+        # report per selected device per round would be built for nobody.
+        self._learns = type(selector).feedback is not Selector.feedback
         self.state: dict[str, torch.Tensor] | None = (
             backend.initial_state() if backend is not None else None)
 
@@ -284,11 +287,12 @@ class Engine:
             row = self._row(r, t_start, t_end, outcomes, done, acc, loss, losses)
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
-            self.selector.feedback([
-                DeviceReport(o.device, r, o.status,
-                             o.need_s if o.status == "too_slow" else o.t_end - t_start,
-                             losses.get(o.device, math.nan), o.steps,
-                             int(self.n_samples[o.device])) for o in outcomes])
+            if self._learns:
+                self.selector.feedback([
+                    DeviceReport(o.device, r, o.status,
+                                 o.need_s if o.status == "too_slow" else o.t_end - t_start,
+                                 losses.get(o.device, math.nan), o.steps,
+                                 int(self.n_samples[o.device])) for o in outcomes])
             for cb in self.callbacks:
                 cb.on_round_end(row)
             r += 1
@@ -425,10 +429,11 @@ class Engine:
         srv = self.settings.server
         self._busy.discard(out.device)
         out.plan = None
-        self.selector.feedback([DeviceReport(
-            out.device, self._version, out.status,
-            out.need_s if out.status == "too_slow" else out.t_end - out.t_start, math.nan,
-            out.steps, int(self.n_samples[out.device]))])
+        if self._learns:
+            self.selector.feedback([DeviceReport(
+                out.device, self._version, out.status,
+                out.need_s if out.status == "too_slow" else out.t_end - out.t_start,
+                math.nan, out.steps, int(self.n_samples[out.device]))])
         if out.status == "completed":
             s = self._version - out.start_version
             if srv.max_staleness is not None and s > srv.max_staleness:

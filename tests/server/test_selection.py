@@ -19,6 +19,7 @@ from fleetsim.server.selection import (
     SelectorOptions,
     TiFLOptions,
     TiFLSelector,
+    permutation,
 )
 
 
@@ -189,3 +190,11 @@ def test_oort_checks_only_a_window_of_a_huge_fleet() -> None:
 
     picks = s.select(0, 0.0, 10, online, np.random.default_rng(0))
     assert len(picks) == 10 and len(calls) <= 5 * 10
+
+
+@pytest.mark.parametrize("n", [1, 2, 1000, 100_003])
+def test_permutation_is_numpys_with_the_same_draws(n: int) -> None:
+    ours, numpys = np.random.default_rng(n), np.random.default_rng(n)
+    got = permutation(ours, n)
+    assert got.tolist() == numpys.permutation(n).tolist()
+    assert ours.random() == numpys.random()  # the streams go on alike
