@@ -9,8 +9,8 @@ whole process (imports and set-up included) and of the simulation, simulated Sim
 per device-round and peak memory; targets at 100,000 devices: under 60 s and under 2 GB. Columns:
 ``wall s`` the whole process, ``engine s`` the simulation alone (``Engine.run``), ``events``
 SimPy events scheduled (and processed: a few per round, none per device), ``us/dev-rd``
-engine microseconds per selected device per round, ``sim h`` simulated hours covered. The last line is
-the ratio of the largest to the smallest fleet: what 100x more devices cost.
+engine microseconds per selected device per round, ``sim h`` simulated hours covered.
+The last line is the ratio of the largest to the smallest fleet: what 100x more devices cost.
 
     python benchmarks/engine_scale.py [--sizes 1000,10000,100000] [--rounds 1000]
         [--per-round 100] [--async-devices 100000] [--concurrency 1000] [--buffer 100]
@@ -19,9 +19,11 @@ the ratio of the largest to the smallest fleet: what 100x more devices cost.
 Then the huge fleet: ``--huge-devices`` (1,000,000) devices, ``--huge-per-round``
 (1,000) selected per round, ``--rounds`` rounds, the same scenario otherwise: the wall
 time of its whole process and its peak memory; targets: under 120 s and under 4 GB on 2
-cores. ``--huge-devices 0`` skips it, ``--only-huge`` runs nothing else. The load average
-(``os.getloadavg``, 1 minute) is printed at the start and end of every run, since the
-figures mean little on a loaded machine.
+cores. It runs twice: with the default random selector, which walks a permutation of
+the whole fleet every round, and with ``selector.options.candidates: draws``, which draws
+8K random device ids instead. ``--huge-devices 0`` skips it, ``--only-huge`` runs
+nothing else. The load average (``os.getloadavg``, 1 minute) is printed at the start
+and end of every run, since the figures mean little on a loaded machine.
 
 After the synchronous sizes it runs the asynchronous server (FedBuff, ``server.mode:
 async``) on ``--async-devices`` devices with ``--concurrency`` training at once and a
@@ -70,18 +72,20 @@ training:
   batch_size: 32
 output: {{plot: false}}
 server: {{mode: {mode}, concurrency: {concurrency}, buffer_size: {buffer}}}
+selector: {{name: random, options: {{candidates: {candidates}}}}}
 """
 
 
 def child(devices: int, rounds: int, per_round: int, mode: str = "sync",
-          concurrency: int = 10, buffer: int = 10) -> None:
+          concurrency: int = 10, buffer: int = 10, candidates: str = "permutation") -> None:
     """One size, in this process: prints a JSON line of figures."""
     from fleetsim.build import build, load_scenario
 
     t0 = time.perf_counter()
     sc = load_scenario(None, text=SCENARIO.format(devices=devices, rounds=rounds,
                                                   per_round=per_round, mode=mode,
-                                                  concurrency=concurrency, buffer=buffer))
+                                                  concurrency=concurrency, buffer=buffer,
+                                                  candidates=candidates))
     built = build(sc)
     setup_s = time.perf_counter() - t0
     log = built.engine.run()
@@ -106,10 +110,12 @@ def main() -> None:
     ap.add_argument("--only-huge", action="store_true")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: one size
     ap.add_argument("--child-async", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-candidates", default="permutation", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.rounds, args.per_round,
-              "async" if args.child_async else "sync", args.concurrency, args.buffer)
+              "async" if args.child_async else "sync", args.concurrency, args.buffer,
+              args.child_candidates)
         return
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
@@ -136,17 +142,20 @@ def run_child(args: argparse.Namespace, env: dict[str, str], devices: int, per_r
 
 
 def huge_fleet(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """The huge fleet twice: with the default random selector (a permutation of the whole
+    fleet each round) and with its ``candidates: draws`` (8K random ids a round)."""
     n, k = args.huge_devices, args.huge_per_round
-    load = os.getloadavg()[0]
-    r = run_child(args, env, n, k)
-    print(f"huge fleet, timing-only: {n:,} devices, {k:,} per round, {r['rounds']:,} rounds "
-          f"({r['rounds'] * k:,} device-rounds, {r['updates']:,} updates, {r['sim_h']:.1f} "
-          f"simulated h): wall {r['wall_s']:.1f} s (set-up {r['setup_s']:.1f} s, engine "
-          f"{r['run_s']:.1f} s = {r['run_s'] / (r['rounds'] * k) * 1e6:.0f} us per "
-          f"device-round), peak {r['peak_mb']:.0f} MB; load {load:.2f} at start")
-    print(f"{n:,} devices vs targets: wall {r['wall_s']:.1f} s / 120 s = "
-          f"{r['wall_s'] / 120:.2f}, peak {r['peak_mb']:.0f} MB / 4096 MB = "
-          f"{r['peak_mb'] / 4096:.2f}")
+    for candidates in ("permutation", "draws"):
+        load = os.getloadavg()[0]
+        r = run_child(args, env, n, k, "--child-candidates", candidates)
+        print(f"huge fleet, timing-only, selector candidates: {candidates}: {n:,} devices, "
+              f"{k:,} per round, {r['rounds']:,} rounds ({r['rounds'] * k:,} device-rounds, "
+              f"{r['updates']:,} updates, {r['sim_h']:.1f} simulated h): wall "
+              f"{r['wall_s']:.1f} s (set-up {r['setup_s']:.1f} s, engine {r['run_s']:.1f} s "
+              f"= {r['run_s'] / (r['rounds'] * k) * 1e6:.0f} us per device-round), peak "
+              f"{r['peak_mb']:.0f} MB; load {load:.2f} at start")
+        print(f"  vs targets: wall {r['wall_s']:.1f} s / 120 s = {r['wall_s'] / 120:.2f}, "
+              f"peak {r['peak_mb']:.0f} MB / 4096 MB = {r['peak_mb'] / 4096:.2f}")
 
 
 def small_fleets(args: argparse.Namespace, env: dict[str, str]) -> None:
@@ -159,9 +168,9 @@ def small_fleets(args: argparse.Namespace, env: dict[str, str]) -> None:
     for n in sizes:
         r = res[n] = run_child(args, env, n, args.per_round)
         wall = r["wall_s"]
-        print(f"{n:>8,} {wall:>7.1f} {r['run_s']:>8.1f} {r['events']:>9,} "
-              f"{r['run_s'] / (r['rounds'] * args.per_round) * 1e6:>9,.0f} {r['updates']:>8,} {r['sim_h']:>7.1f} "
-              f"{r['peak_mb']:>8.0f}")
+        us = r["run_s"] / (r["rounds"] * args.per_round) * 1e6
+        print(f"{n:>8,} {wall:>7.1f} {r['run_s']:>8.1f} {r['events']:>9,} {us:>9,.0f} "
+              f"{r['updates']:>8,} {r['sim_h']:>7.1f} {r['peak_mb']:>8.0f}")
     big, small = res[max(sizes)], res[min(sizes)]
     if max(sizes) >= 100_000:
         print(f"{max(sizes):,} devices vs targets: wall {big['wall_s']:.1f} s / 60 s = "

@@ -568,24 +568,45 @@ class Engine:
         n = int(self.n_samples[d])
         batch = min(self.settings.batch_size, n)
         deadline_abs = t_start + deadline_s if deadline_s is not None else INF
-        vectors: dict[tuple[float, ...], int] = {}
-        step_vec: list[int] = []
         # local_epochs: the last planned mini-batch holds what is left of the samples
         short_at, short_b = -1, batch
         if a.samples is not None and a.steps is not None:
             short_at, short_b = a.steps - 1, a.samples - (a.steps - 1) * batch
+        vec: tuple[float, ...] | None = None
         if self._fixed_work:
             # Hot path: policies that keep the base decide() train the assigned vector for
             # a fixed number of mini-batches; asking them would cost an observation, an
             # availability lookup and a seeded random stream per simulated mini-batch.
-            # Their step count is explicit, so no cap applies.
+            # Their step count is explicit, so no cap applies. The same steps and the same
+            # arithmetic as the general loop below, with a mini-batch's MACs and kept share
+            # looked up once per device instead of once per mini-batch.
             fixed = a.submodel or self.policy.zero
             n_fixed = self.policy.steps_of(a)
-
-            def next_vector(step: int, t: float, last: tuple[float, ...] | None
-                            ) -> tuple[float, ...] | None:
-                return fixed if step < n_fixed else None
+            share = self._share(fixed)
+            m_full = costs.step_macs(fixed, batch)
+            m_short = costs.step_macs(fixed, short_b) if short_at >= 0 else m_full
+            finish, partial = tr.finish_time, a.partial
+            done = 0
+            while done < n_fixed:
+                macs = m_short if done == short_at else m_full
+                t_next = finish(t, macs / peak)
+                if partial and t_next + up_s > deadline_abs:
+                    vec = fixed
+                    break  # partial work: send what is done when time is up
+                if t_next > t_off or t_next > cutoff or t_next == INF:
+                    self._stopped(out, tr, work, t, t_next, macs, share, done, t_off, cutoff,
+                                  peak)
+                    return
+                if work is not None:
+                    work.append((t, t_next, macs, share))
+                out.macs += macs
+                out.kept_share_sum += share
+                t = t_next
+                done += 1
+            vectors = {fixed: 0} if done else {}
+            step_vec = [0] * done
         else:
+            vectors, step_vec = {}, []
             rng = stream(self.settings.seed, "policy", key, d)
             cls = int(fleet.class_of[d])
             # A deciding policy that never says stop would hang the engine where nothing
@@ -595,47 +616,36 @@ class Engine:
                                           self.policy.steps_of(a))
                    if cutoff == INF else MAX_STEPS_HARD)
             name, n_groups = self.settings.policy_name, len(self.groups)
-
-            def next_vector(step: int, t: float, last: tuple[float, ...] | None
-                            ) -> tuple[float, ...] | None:
+            while True:
+                step = len(step_vec)
                 if step >= cap:
                     raise UserError(
-                        f"policy '{self.settings.policy_name}' did not stop: device {d} was still "
-                        f"asked for mini-batch {step + 1} in round {out.round} (at most "
-                        f"{cap} are allowed when nothing else ends the round). Allowed: a "
-                        "policy whose decide() returns STOP, a deadline_s, or "
+                        f"policy '{self.settings.policy_name}' did not stop: device {d} was "
+                        f"still asked for mini-batch {step + 1} in round {out.round} (at "
+                        f"most {cap} are allowed when nothing else ends the round). "
+                        "Allowed: a policy whose decide() returns STOP, a deadline_s, or "
                         "policy.options.stragglers other than 'wait'.")
                 vec = self.policy.decide(StepObservation(
                     d, cls, out.round, step, t, tr.availability_at(t),
-                    deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, last)).vector
-                return check_vector(name, vec, n_groups)
-
-        vec: tuple[float, ...] | None = None
-        while (vec := next_vector(len(step_vec), t, vec)) is not None:
-            macs = costs.step_macs(vec, batch if len(step_vec) != short_at else short_b)
-            t_next = tr.finish_time(t, macs / peak)
-            if a.partial and t_next + up_s > deadline_abs:
-                break  # partial work: send what is done when time is up
-            if t_next > t_off or t_next > cutoff or t_next == INF:
-                if work is not None:
-                    work.append((t, t_next, macs, self._share(vec)))
-                out.steps = len(step_vec)
-                if min(t_off, cutoff) == INF:
-                    # the step never ends and nothing stops it: the fate is "for ever";
-                    # _check_server_can_close decides whether that is an error
-                    out.t_end, out.status = INF, "late"
+                    deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, vec)).vector
+                vec = check_vector(name, vec, n_groups)
+                if vec is None:
+                    break
+                macs = costs.step_macs(vec, batch if step != short_at else short_b)
+                t_next = tr.finish_time(t, macs / peak)
+                if a.partial and t_next + up_s > deadline_abs:
+                    break  # partial work: send what is done when time is up
+                share = self._share(vec)
+                if t_next > t_off or t_next > cutoff or t_next == INF:
+                    self._stopped(out, tr, work, t, t_next, macs, share, step, t_off, cutoff,
+                                  peak)
                     return
-                end, why = _phase_end(t_next, t_off, cutoff)
-                out.macs += _done_macs(tr, t, end, macs, peak)
-                out.t_end, out.status = end, why
-                return
-            step_vec.append(vectors.setdefault(vec, len(vectors)))
-            share = self._share(vec)
-            if work is not None:
-                work.append((t, t_next, macs, share))
-            out.macs += macs
-            out.kept_share_sum += share
-            t = t_next
+                step_vec.append(vectors.setdefault(vec, len(vectors)))
+                if work is not None:
+                    work.append((t, t_next, macs, share))
+                out.macs += macs
+                out.kept_share_sum += share
+                t = t_next
         out.steps = len(step_vec)
         if not step_vec:
             # Could not fit one mini-batch (partial work, or a policy that stopped at once).
@@ -663,6 +673,24 @@ class Engine:
         samples = a.samples if short_at >= len(step_vec) - 1 else None
         out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
                             a.reselect, a.offset, self.train_spec.prox_mu, samples)
+
+    @staticmethod
+    def _stopped(out: DeviceRound, tr: Any, work: list[tuple[float, float, float, float]] | None,
+                 t: float, t_next: float, macs: float, share: float, steps: int, t_off: float,
+                 cutoff: float, peak: float) -> None:
+        """The fate of a device whose mini-batch from ``t`` to ``t_next`` is cut short by
+        going offline or by the cutoff (or never ends), after ``steps`` whole ones."""
+        if work is not None:
+            work.append((t, t_next, macs, share))
+        out.steps = steps
+        if min(t_off, cutoff) == INF:
+            # the step never ends and nothing stops it: the fate is "for ever";
+            # _check_server_can_close decides whether that is an error
+            out.t_end, out.status = INF, "late"
+            return
+        end, why = _phase_end(t_next, t_off, cutoff)
+        out.macs += _done_macs(tr, t, end, macs, peak)
+        out.t_end, out.status = end, why
 
     def _checked(self, a: Assignment) -> Assignment:
         """``a`` with its sub-model vector checked (a policy is user code)."""
