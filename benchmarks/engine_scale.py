@@ -6,13 +6,25 @@ levels changing every ~10 minutes, on/off periods of hours), 100 devices selecte
 round, 1,000 rounds. Each size runs in its own subprocess, so its peak memory (maximum
 resident set size of that process) is its own. Prints, per size, the wall time of the
 whole process (imports and set-up included) and of the simulation, simulated SimPy events
-per second and peak memory; targets at 100,000 devices: under 60 s and under 2 GB. Columns:
+per device-round and peak memory; targets at 100,000 devices: under 60 s and under 2 GB. Columns:
 ``wall s`` the whole process, ``engine s`` the simulation alone (``Engine.run``), ``events``
-SimPy events scheduled (and processed), ``sim h`` simulated hours covered. The last line is
-the ratio of the largest to the smallest fleet: what 100x more devices cost.
+SimPy events scheduled (and processed: a few per round, none per device), ``us/dev-rd``
+engine microseconds per selected device per round, ``sim h`` simulated hours covered.
+The last line is the ratio of the largest to the smallest fleet: what 100x more devices cost.
 
     python benchmarks/engine_scale.py [--sizes 1000,10000,100000] [--rounds 1000]
         [--per-round 100] [--async-devices 100000] [--concurrency 1000] [--buffer 100]
+        [--huge-devices 1000000] [--huge-per-round 1000] [--only-huge]
+
+Then the huge fleet: ``--huge-devices`` (1,000,000) devices, ``--huge-per-round``
+(1,000) selected per round, ``--rounds`` rounds, the same scenario otherwise: the wall
+time of its whole process, its CPU time (what the run costs on a machine shared with
+others) and its peak memory; targets: under 120 s and under 4 GB on 2
+cores. It runs twice: with the default random selector, which walks a permutation of
+the whole fleet every round, and with ``selector.options.candidates: draws``, which draws
+8K random device ids instead. ``--huge-devices 0`` skips it, ``--only-huge`` runs
+nothing else. The load average (``os.getloadavg``, 1 minute) is printed at the start
+and end of every run, since the figures mean little on a loaded machine.
 
 After the synchronous sizes it runs the asynchronous server (FedBuff, ``server.mode:
 async``) on ``--async-devices`` devices with ``--concurrency`` training at once and a
@@ -61,27 +73,34 @@ training:
   batch_size: 32
 output: {{plot: false}}
 server: {{mode: {mode}, concurrency: {concurrency}, buffer_size: {buffer}}}
+selector: {{name: random, options: {{candidates: {candidates}}}}}
 """
 
 
 def child(devices: int, rounds: int, per_round: int, mode: str = "sync",
-          concurrency: int = 10, buffer: int = 10) -> None:
+          concurrency: int = 10, buffer: int = 10, candidates: str = "permutation") -> None:
     """One size, in this process: prints a JSON line of figures."""
     from fleetsim.build import build, load_scenario
 
     t0 = time.perf_counter()
     sc = load_scenario(None, text=SCENARIO.format(devices=devices, rounds=rounds,
                                                   per_round=per_round, mode=mode,
-                                                  concurrency=concurrency, buffer=buffer))
+                                                  concurrency=concurrency, buffer=buffer,
+                                                  candidates=candidates))
     built = build(sc)
     setup_s = time.perf_counter() - t0
     log = built.engine.run()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mb = use.ru_maxrss / 1024  # KiB on Linux
+    # CPU seconds of the whole process (imports included): what the run costs whatever
+    # else shares the machine; on an idle machine close to the wall time
+    cpu_s = use.ru_utime + use.ru_stime
     print(json.dumps({"setup_s": setup_s, "run_s": log.wall_s, "events": log.events,
                       "rounds": len(log.rounds), "updates": sum(r["completed"]
                                                                 for r in log.rounds),
                       "jobs": len(log.timeline),
-                      "sim_h": log.rounds[-1]["t_end_s"] / 3600, "peak_mb": peak_mb}))
+                      "sim_h": log.rounds[-1]["t_end_s"] / 3600, "peak_mb": peak_mb,
+                      "cpu_s": cpu_s}))
 
 
 def main() -> None:
@@ -92,34 +111,74 @@ def main() -> None:
     ap.add_argument("--async-devices", type=int, default=100_000)
     ap.add_argument("--concurrency", type=int, default=1000)
     ap.add_argument("--buffer", type=int, default=100)
+    ap.add_argument("--huge-devices", type=int, default=1_000_000)
+    ap.add_argument("--huge-per-round", type=int, default=1000)
+    ap.add_argument("--only-huge", action="store_true")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: one size
     ap.add_argument("--child-async", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-candidates", default="permutation", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.rounds, args.per_round,
-              "async" if args.child_async else "sync", args.concurrency, args.buffer)
+              "async" if args.child_async else "sync", args.concurrency, args.buffer,
+              args.child_candidates)
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
+    if not args.only_huge:
+        small_fleets(args, env)
+    if args.huge_devices:
+        huge_fleet(args, env)
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (1 min)")
+
+
+def run_child(args: argparse.Namespace, env: dict[str, str], devices: int, per_round: int,
+              *extra: str) -> dict:
+    """One size in its own process: its figures, with the wall time of the whole process."""
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--child", str(devices), "--rounds",
+                        str(args.rounds), "--per-round", str(per_round), *extra],
+                       capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if p.returncode:
+        raise SystemExit(f"{devices} devices failed:\n{p.stderr[-3000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["wall_s"] = wall
+    return r
+
+
+def huge_fleet(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """The huge fleet twice: with the default random selector (a permutation of the whole
+    fleet each round) and with its ``candidates: draws`` (8K random ids a round)."""
+    n, k = args.huge_devices, args.huge_per_round
+    for candidates in ("draws", "permutation"):
+        load = os.getloadavg()[0]
+        r = run_child(args, env, n, k, "--child-candidates", candidates)
+        print(f"huge fleet, timing-only, selector candidates: {candidates}: {n:,} devices, "
+              f"{k:,} per round, {r['rounds']:,} rounds ({r['rounds'] * k:,} device-rounds, "
+              f"{r['updates']:,} updates, {r['sim_h']:.1f} simulated h): wall "
+              f"{r['wall_s']:.1f} s (set-up {r['setup_s']:.1f} s, engine {r['run_s']:.1f} s "
+              f"= {r['run_s'] / (r['rounds'] * k) * 1e6:.0f} us per device-round; "
+              f"{r['cpu_s']:.1f} CPU s in all), peak "
+              f"{r['peak_mb']:.0f} MB; load {load:.2f} at start")
+        print(f"  vs targets: wall {r['wall_s']:.1f} s / 120 s = {r['wall_s'] / 120:.2f} "
+              f"(CPU {r['cpu_s'] / 120:.2f}), "
+              f"peak {r['peak_mb']:.0f} MB / 4096 MB = {r['peak_mb'] / 4096:.2f}")
+
+
+def small_fleets(args: argparse.Namespace, env: dict[str, str]) -> None:
+    sizes = [int(s) for s in args.sizes.split(",")]
     res = {}
     print(f"timing-only, Markov traces (lazy), {args.per_round} selected per round, "
           f"{args.rounds} rounds")
-    print(f"{'devices':>8} {'wall s':>7} {'engine s':>8} {'events':>9} {'events/s':>9} "
+    print(f"{'devices':>8} {'wall s':>7} {'engine s':>8} {'events':>9} {'us/dev-rd':>9} "
           f"{'updates':>8} {'sim h':>7} {'peak MB':>8}")
     for n in sizes:
-        t = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--child", str(n), "--rounds",
-                            str(args.rounds), "--per-round", str(args.per_round)],
-                           capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t
-        if p.returncode:
-            raise SystemExit(f"{n} devices failed:\n{p.stderr[-3000:]}")
-        r = json.loads(p.stdout.strip().splitlines()[-1])
-        r["wall_s"] = wall
-        res[n] = r
-        print(f"{n:>8,} {wall:>7.1f} {r['run_s']:>8.1f} {r['events']:>9,} "
-              f"{r['events'] / r['run_s']:>9,.0f} {r['updates']:>8,} {r['sim_h']:>7.1f} "
-              f"{r['peak_mb']:>8.0f}")
+        r = res[n] = run_child(args, env, n, args.per_round)
+        wall = r["wall_s"]
+        us = r["run_s"] / (r["rounds"] * args.per_round) * 1e6
+        print(f"{n:>8,} {wall:>7.1f} {r['run_s']:>8.1f} {r['events']:>9,} {us:>9,.0f} "
+              f"{r['updates']:>8,} {r['sim_h']:>7.1f} {r['peak_mb']:>8.0f}")
     big, small = res[max(sizes)], res[min(sizes)]
     if max(sizes) >= 100_000:
         print(f"{max(sizes):,} devices vs targets: wall {big['wall_s']:.1f} s / 60 s = "
@@ -129,15 +188,9 @@ def main() -> None:
           f", peak memory x{big['peak_mb'] / small['peak_mb']:.2f}")
     if args.async_devices:
         n = args.async_devices
-        t = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--child", str(n), "--child-async",
-                            "--rounds", str(args.rounds), "--concurrency",
-                            str(args.concurrency), "--buffer", str(args.buffer)],
-                           capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t
-        if p.returncode:
-            raise SystemExit(f"async run failed:\n{p.stderr[-3000:]}")
-        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r = run_child(args, env, n, args.per_round, "--child-async", "--concurrency",
+                      str(args.concurrency), "--buffer", str(args.buffer))
+        wall = r["wall_s"]
         print(f"async (FedBuff), {n:,} devices, concurrency {args.concurrency:,}, buffer "
               f"{args.buffer}: {r['rounds']:,} aggregations, {r['jobs']:,} jobs ended "
               f"({r['updates']:,} updates aggregated), {r['sim_h']:.1f} simulated h; wall "

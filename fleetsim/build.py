@@ -34,7 +34,7 @@ from fleetsim.registry import Registry
 from fleetsim.rng import stream
 from fleetsim.scenario import Scenario, parse_overrides, read_scenario
 from fleetsim.server.selection import SELECTORS, FleetView
-from fleetsim.training import TrainerSettings, build_data
+from fleetsim.training import TrainerSettings, build_data_sizes
 
 # ----------------------------------------------------------------------------- validation
 
@@ -365,10 +365,9 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
         else:
             from fleetsim.nn import build_model
 
-            ds, part = build_data(sc.data, sc.fleet.devices, sc.seed)
+            ds, n_samples = build_data_sizes(sc.data, sc.fleet.devices, sc.seed)
             model = build_model(sc.model.arch, ds.input_shape, ds.num_classes,
                                 sc.model.options)
-            n_samples = part.sizes()
         costs = cost_model(sc, model)
     except UserError as exc:  # the model does not fit the data, or the calibration
         if backend is not None:

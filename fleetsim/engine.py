@@ -1,11 +1,11 @@
 """The discrete-event engine: the only module that touches the SimPy environment.
 
-A server process runs synchronous rounds: it selects devices among those online, starts
-one device process per selected device, and waits for all of them, the deadline, or (with
-over-commitment) the first K arrivals. A device process downloads the model, trains,
-and uploads; each phase is one timeout whose length comes from the cost model, the
-network path and the exact integral of the device's availability trace. A device that
-goes offline during any phase drops out at that instant.
+A server process runs synchronous rounds: it selects devices among those online, works
+out each selected device's round at once (download, training and upload, each phase as
+long as the cost model, the network path and the exact integral of the device's
+availability trace make it; a device that goes offline during any phase drops out at
+that instant), and waits with one timeout until every fate, the deadline, or (with
+over-commitment) the K-th arrival. No device needs a process or an event of its own.
 
 Timing depends on the cost model and the traces alone, never on training results, so a
 round's schedule -- who finishes, when, with which dropout vector at each mini-batch --
@@ -179,6 +179,9 @@ class Engine:
         # steps_of() mini-batches), so the engine may skip building an observation per
         # mini-batch for policies that keep it (FedAvg, FedProx, HeteroFL, ...).
         self._fixed_work = type(policy).decide is Policy.decide
+        # A selector that keeps the base feedback() learns nothing (random): a frozen
+        # report per selected device per round would be built for nobody.
+        self._learns = type(selector).feedback is not Selector.feedback
         self.state: dict[str, torch.Tensor] | None = (
             backend.initial_state() if backend is not None else None)
 
@@ -260,23 +263,17 @@ class Engine:
                                record=plan.keep < plan.select)
                 outcomes.append(out)
             self._check_server_can_close(outcomes, cutoff, plan.keep, plan.select, r)
-            arrivals: list[DeviceRound] = []
-            enough = env.event()
-            closed = [False]  # set when the server stops waiting; later arrivals stay quiet
-            procs = [env.process(self._device(o, arrivals, enough, plan.keep, closed))
-                     for o in outcomes]
-            waits = [env.all_of(procs)]
-            if cutoff < INF:
-                waits.append(env.timeout(cutoff - t_start))
-            if plan.keep < plan.select:
-                waits.append(enough)
-            yield env.any_of(waits)
-            closed[0] = True
-            # The close time from the fates themselves, not env.now: SimPy reaches a time
-            # t as now + (t - now), which can land an ulp short of t, and a device that
-            # arrived must not look as if it were still working.
+            # Every fate is known now, so the server waits with one timeout for the
+            # instant it stops waiting (every fate, the cutoff or the keep-th arrival),
+            # not with a SimPy process per device: that was most of the engine's events
+            # and ~10 us per selected device. SimPy reaches that instant as now + (t -
+            # now), exactly where the first of per-device timeouts would have woken it
+            # (the map is monotone), so the next round starts at the same time to the bit.
+            # The close time itself is the fates' own, not env.now, which can land an ulp
+            # short of t: a device that arrived must not look as if it were still working.
             t_end = _close_time(outcomes, cutoff, plan.keep if plan.keep < plan.select
                                 else None)
+            yield env.timeout(t_end - t_start)
             self._close(outcomes, t_end, cutoff, plan.keep)
             done = [o for o in outcomes if o.status == "completed"]
             losses = self._aggregate(done)
@@ -290,11 +287,12 @@ class Engine:
             row = self._row(r, t_start, t_end, outcomes, done, acc, loss, losses)
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
-            self.selector.feedback([
-                DeviceReport(o.device, r, o.status,
-                             o.need_s if o.status == "too_slow" else o.t_end - t_start,
-                             losses.get(o.device, math.nan), o.steps,
-                             int(self.n_samples[o.device])) for o in outcomes])
+            if self._learns:
+                self.selector.feedback([
+                    DeviceReport(o.device, r, o.status,
+                                 o.need_s if o.status == "too_slow" else o.t_end - t_start,
+                                 losses.get(o.device, math.nan), o.steps,
+                                 int(self.n_samples[o.device])) for o in outcomes])
             for cb in self.callbacks:
                 cb.on_round_end(row)
             r += 1
@@ -431,10 +429,11 @@ class Engine:
         srv = self.settings.server
         self._busy.discard(out.device)
         out.plan = None
-        self.selector.feedback([DeviceReport(
-            out.device, self._version, out.status,
-            out.need_s if out.status == "too_slow" else out.t_end - out.t_start, math.nan,
-            out.steps, int(self.n_samples[out.device]))])
+        if self._learns:
+            self.selector.feedback([DeviceReport(
+                out.device, self._version, out.status,
+                out.need_s if out.status == "too_slow" else out.t_end - out.t_start,
+                math.nan, out.steps, int(self.n_samples[out.device]))])
         if out.status == "completed":
             s = self._version - out.start_version
             if srv.max_staleness is not None and s > srv.max_staleness:
@@ -569,24 +568,45 @@ class Engine:
         n = int(self.n_samples[d])
         batch = min(self.settings.batch_size, n)
         deadline_abs = t_start + deadline_s if deadline_s is not None else INF
-        vectors: dict[tuple[float, ...], int] = {}
-        step_vec: list[int] = []
         # local_epochs: the last planned mini-batch holds what is left of the samples
         short_at, short_b = -1, batch
         if a.samples is not None and a.steps is not None:
             short_at, short_b = a.steps - 1, a.samples - (a.steps - 1) * batch
+        vec: tuple[float, ...] | None = None
         if self._fixed_work:
             # Hot path: policies that keep the base decide() train the assigned vector for
             # a fixed number of mini-batches; asking them would cost an observation, an
             # availability lookup and a seeded random stream per simulated mini-batch.
-            # Their step count is explicit, so no cap applies.
+            # Their step count is explicit, so no cap applies. The same steps and the same
+            # arithmetic as the general loop below, with a mini-batch's MACs and kept share
+            # looked up once per device instead of once per mini-batch.
             fixed = a.submodel or self.policy.zero
             n_fixed = self.policy.steps_of(a)
-
-            def next_vector(step: int, t: float, last: tuple[float, ...] | None
-                            ) -> tuple[float, ...] | None:
-                return fixed if step < n_fixed else None
+            share = self._share(fixed)
+            m_full = costs.step_macs(fixed, batch)
+            m_short = costs.step_macs(fixed, short_b) if short_at >= 0 else m_full
+            finish, partial = tr.finish_time, a.partial
+            done = 0
+            while done < n_fixed:
+                macs = m_short if done == short_at else m_full
+                t_next = finish(t, macs / peak)
+                if partial and t_next + up_s > deadline_abs:
+                    vec = fixed
+                    break  # partial work: send what is done when time is up
+                if t_next > t_off or t_next > cutoff or t_next == INF:
+                    self._stopped(out, tr, work, t, t_next, macs, share, done, t_off, cutoff,
+                                  peak)
+                    return
+                if work is not None:
+                    work.append((t, t_next, macs, share))
+                out.macs += macs
+                out.kept_share_sum += share
+                t = t_next
+                done += 1
+            vectors = {fixed: 0} if done else {}
+            step_vec = [0] * done
         else:
+            vectors, step_vec = {}, []
             rng = stream(self.settings.seed, "policy", key, d)
             cls = int(fleet.class_of[d])
             # A deciding policy that never says stop would hang the engine where nothing
@@ -596,47 +616,36 @@ class Engine:
                                           self.policy.steps_of(a))
                    if cutoff == INF else MAX_STEPS_HARD)
             name, n_groups = self.settings.policy_name, len(self.groups)
-
-            def next_vector(step: int, t: float, last: tuple[float, ...] | None
-                            ) -> tuple[float, ...] | None:
+            while True:
+                step = len(step_vec)
                 if step >= cap:
                     raise UserError(
-                        f"policy '{self.settings.policy_name}' did not stop: device {d} was still "
-                        f"asked for mini-batch {step + 1} in round {out.round} (at most "
-                        f"{cap} are allowed when nothing else ends the round). Allowed: a "
-                        "policy whose decide() returns STOP, a deadline_s, or "
+                        f"policy '{self.settings.policy_name}' did not stop: device {d} was "
+                        f"still asked for mini-batch {step + 1} in round {out.round} (at "
+                        f"most {cap} are allowed when nothing else ends the round). "
+                        "Allowed: a policy whose decide() returns STOP, a deadline_s, or "
                         "policy.options.stragglers other than 'wait'.")
                 vec = self.policy.decide(StepObservation(
                     d, cls, out.round, step, t, tr.availability_at(t),
-                    deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, last)).vector
-                return check_vector(name, vec, n_groups)
-
-        vec: tuple[float, ...] | None = None
-        while (vec := next_vector(len(step_vec), t, vec)) is not None:
-            macs = costs.step_macs(vec, batch if len(step_vec) != short_at else short_b)
-            t_next = tr.finish_time(t, macs / peak)
-            if a.partial and t_next + up_s > deadline_abs:
-                break  # partial work: send what is done when time is up
-            if t_next > t_off or t_next > cutoff or t_next == INF:
-                if work is not None:
-                    work.append((t, t_next, macs, self._share(vec)))
-                out.steps = len(step_vec)
-                if min(t_off, cutoff) == INF:
-                    # the step never ends and nothing stops it: the fate is "for ever";
-                    # _check_server_can_close decides whether that is an error
-                    out.t_end, out.status = INF, "late"
+                    deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, vec)).vector
+                vec = check_vector(name, vec, n_groups)
+                if vec is None:
+                    break
+                macs = costs.step_macs(vec, batch if step != short_at else short_b)
+                t_next = tr.finish_time(t, macs / peak)
+                if a.partial and t_next + up_s > deadline_abs:
+                    break  # partial work: send what is done when time is up
+                share = self._share(vec)
+                if t_next > t_off or t_next > cutoff or t_next == INF:
+                    self._stopped(out, tr, work, t, t_next, macs, share, step, t_off, cutoff,
+                                  peak)
                     return
-                end, why = _phase_end(t_next, t_off, cutoff)
-                out.macs += _done_macs(tr, t, end, macs, peak)
-                out.t_end, out.status = end, why
-                return
-            step_vec.append(vectors.setdefault(vec, len(vectors)))
-            share = self._share(vec)
-            if work is not None:
-                work.append((t, t_next, macs, share))
-            out.macs += macs
-            out.kept_share_sum += share
-            t = t_next
+                step_vec.append(vectors.setdefault(vec, len(vectors)))
+                if work is not None:
+                    work.append((t, t_next, macs, share))
+                out.macs += macs
+                out.kept_share_sum += share
+                t = t_next
         out.steps = len(step_vec)
         if not step_vec:
             # Could not fit one mini-batch (partial work, or a policy that stopped at once).
@@ -666,6 +675,24 @@ class Engine:
         out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
                             a.reselect, a.offset, self.train_spec.prox_mu, samples)
 
+    @staticmethod
+    def _stopped(out: DeviceRound, tr: Any, work: list[tuple[float, float, float, float]] | None,
+                 t: float, t_next: float, macs: float, share: float, steps: int, t_off: float,
+                 cutoff: float, peak: float) -> None:
+        """The fate of a device whose mini-batch from ``t`` to ``t_next`` is cut short by
+        going offline or by the cutoff (or never ends), after ``steps`` whole ones."""
+        if work is not None:
+            work.append((t, t_next, macs, share))
+        out.steps = steps
+        if min(t_off, cutoff) == INF:
+            # the step never ends and nothing stops it: the fate is "for ever";
+            # _check_server_can_close decides whether that is an error
+            out.t_end, out.status = INF, "late"
+            return
+        end, why = _phase_end(t_next, t_off, cutoff)
+        out.macs += _done_macs(tr, t, end, macs, peak)
+        out.t_end, out.status = end, why
+
     def _checked(self, a: Assignment) -> Assignment:
         """``a`` with its sub-model vector checked (a policy is user code)."""
         if a.submodel is not None:
@@ -674,17 +701,6 @@ class Engine:
             if v != a.submodel:
                 a = dataclasses.replace(a, submodel=v)
         return a
-
-    def _device(self, out: DeviceRound, arrivals: list[DeviceRound], enough: simpy.Event,
-                keep: int, closed: list[bool]) -> Iterator[simpy.events.Event]:
-        """One device's process: it ends at the device's fate (arrival, drop, cutoff)."""
-        if out.t_end == INF:
-            yield self.env.event()  # never ends: only the server's cutoff closes the round
-        yield self.env.timeout(out.t_end - self.env.now)
-        if out.status == "completed" and not closed[0]:
-            arrivals.append(out)
-            if len(arrivals) == keep and not enough.triggered:
-                enough.succeed()
 
     def _check_server_can_close(self, outcomes: list[DeviceRound], cutoff: float, keep: int,
                                 select: int, r: int) -> None:

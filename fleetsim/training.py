@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fleetsim.config import DataConfig, ModelConfig, OptimizerConfig
-from fleetsim.data import Dataset, Partition, load_dataset, make_partition
+from fleetsim.data import Dataset, Partition, load_dataset, make_partition, partition_sizes
 from fleetsim.data.validation import hold_out_validation
 from fleetsim.errors import allowed, input_error
 from fleetsim.nn import DroppableNet, Keep, build_model, select_channels
@@ -133,6 +133,18 @@ def build_data(data: DataConfig, n_devices: int, seed: int) -> tuple[Dataset, Pa
     part = make_partition(data.partition.name, data.partition.options, ds.y_train.numpy(),
                           n_devices, stream(seed, "partition"), ds.groups)
     return ds, part
+
+
+def build_data_sizes(data: DataConfig, n_devices: int, seed: int
+                     ) -> tuple[Dataset, np.ndarray]:
+    """The dataset and the samples per device of :func:`build_data`'s partition (what
+    timing-only runs need), without dealing the samples where the sizes are known."""
+    ds = load_dataset(data.dataset, data.options, data.test_fraction, data.split_seed)
+    ds = hold_out_validation(ds, data.validation_fraction, data.split_seed)
+    sizes = partition_sizes(data.partition.name, data.partition.options,
+                            ds.y_train.numpy(), n_devices, stream(seed, "partition"),
+                            ds.groups)
+    return ds, sizes
 
 
 def epoch_samples(epochs: float, n: int) -> int:

@@ -58,7 +58,9 @@ def test_timing_only_runs_100k_devices_with_bounded_trace_memory() -> None:
     assert built.backend is None  # no model training, no data loaded into workers
     assert len(log.rounds) == 4 and all(r["selected"] == 100 for r in log.rounds)
     assert all(math.isnan(r["accuracy"]) for r in log.rounds)
-    assert log.events > 4 * 100  # several SimPy events per selected device
+    # fates are decided at round start, so a round costs the server a few events of its
+    # own (its wait and its aggregation time), none per selected device
+    assert log.events <= 3 * len(log.rounds) + 2
     src = built.engine.fleet._fleet_traces
     assert len(src._cache) <= CACHE_DEVICES and src._cached_bytes <= CACHE_BYTES
     assert src._cached_bytes == sum(t.nbytes for t in src._cache.values())

@@ -53,6 +53,13 @@ class Partitioner:
               groups: tuple[np.ndarray, ...] | None = None) -> Partition:
         raise NotImplementedError
 
+    def sizes(self, y: np.ndarray, n_devices: int, rng: np.random.Generator,
+              groups: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+        """Samples per device, exactly ``split(...).sizes()`` (timing-only runs need no
+        more). Partitioners whose sizes follow from their options override this, so a
+        fleet of 10^6 devices is not dealt its samples only to count them."""
+        return self.split(y, n_devices, rng, groups).sizes()
+
 
 PARTITIONERS: Registry[type[Partitioner]] = Registry("partitioner")
 
@@ -86,6 +93,20 @@ class IID(Partitioner):
         _need_samples(len(y), n_devices, "iid")
         return Partition.from_lists([np.sort(p) for p in
                                      np.array_split(rng.permutation(len(y)), n_devices)])
+
+    def sizes(self, y: np.ndarray, n_devices: int, rng: np.random.Generator,
+              groups: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+        m = self.options.samples_per_device  # type: ignore[attr-defined]
+        if m is not None:
+            if m > len(y):
+                return self.split(y, n_devices, rng).sizes()  # its error
+            return np.full(n_devices, m, np.int64)
+        _need_samples(len(y), n_devices, "iid")
+        # np.array_split: the first len(y) % n devices get one sample more
+        q, rest = divmod(len(y), n_devices)
+        out = np.full(n_devices, q, np.int64)
+        out[:rest] += 1
+        return out
 
 
 @PARTITIONERS.register("dirichlet")
@@ -185,7 +206,23 @@ def make_partition(name: str, options: dict, y: np.ndarray, n_devices: int,
                    groups: tuple[np.ndarray, ...] | None = None) -> Partition:
     cls = PARTITIONERS.get(name)
     part = cls(cls.Options(**options)).split(y, n_devices, rng, groups)
-    empty = np.flatnonzero(part.sizes() == 0)
+    _check_sizes(name, part.sizes(), n_devices)
+    return part
+
+
+def partition_sizes(name: str, options: dict, y: np.ndarray, n_devices: int,
+                    rng: np.random.Generator,
+                    groups: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+    """``make_partition(...).sizes()``, with the same checks, at the cost of the sizes
+    alone where the partitioner knows them without dealing samples."""
+    cls = PARTITIONERS.get(name)
+    sizes = cls(cls.Options(**options)).sizes(y, n_devices, rng, groups)
+    _check_sizes(name, sizes, n_devices)
+    return sizes
+
+
+def _check_sizes(name: str, sizes: np.ndarray, n_devices: int) -> None:
+    empty = np.flatnonzero(sizes == 0)
     if empty.size:
         # A device without samples trains with batch size 0: steps of no MACs that arrive
         # at once and carry weight 0 -- timings and selection quietly wrong, and no
@@ -194,4 +231,3 @@ def make_partition(name: str, options: dict, y: np.ndarray, n_devices: int,
                         f"{int(empty[0])} ({empty.size} devices in all) no training "
                         f"samples. Allowed: a partition that gives each of the {n_devices} "
                         "devices at least one sample.")
-    return part

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -74,6 +74,18 @@ class Selector:
 SELECTORS: Registry[type[Selector]] = Registry("selector")
 
 
+def permutation(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``rng.permutation(n)``, the same values and the same draws, ~25% faster at 10^6.
+
+    numpy's shuffle draws each swap partner from the position alone, never from the
+    values, so shuffling 4-byte indices gives exactly the permutation of 8-byte ones and
+    moves half the memory (the shuffle of a 10^6-device fleet is memory-bound).
+    """
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    rng.shuffle(order)
+    return order
+
+
 def online_sample(order: np.ndarray, n: int, is_online: Callable[[int], bool]) -> list[int]:
     """The first ``n`` online devices of ``order`` (checks only as many as needed)."""
     out: list[int] = []
@@ -94,15 +106,29 @@ def online_sample(order: np.ndarray, n: int, is_online: Callable[[int], bool]) -
     return out
 
 
+class RandomOptions(SelectorOptions):
+    candidates: Literal["permutation", "draws"] = Field(
+        "permutation", description="how candidates are drawn, both uniform among the "
+        "online devices: permutation walks a permutation of the whole fleet each round "
+        "(~45 ms at 1,000,000 devices); draws takes 8K random device ids and walks a "
+        "permutation only when fewer than K of them are online (for huge fleets; it "
+        "selects other devices than permutation for the same seed)")
+
+
 @SELECTORS.register("random")
 class RandomSelector(Selector):
     """Uniformly random among the devices online at the round's start (the default)."""
 
+    Options = RandomOptions
+    options: RandomOptions
+
     def select(self, round: int, now_s: float, n: int, is_online: Callable[[int], bool],
                rng: np.random.Generator) -> list[int]:
+        if self.options.candidates == "draws":
+            return self.select_idle(round, now_s, n, is_online, rng)
         # A permutation is cheap even for 100k devices (~1 ms) and, walked until n online
         # devices are found, touches only the traces of the devices it checks.
-        return online_sample(rng.permutation(self.fleet.n_devices), n, is_online)
+        return online_sample(permutation(rng, self.fleet.n_devices), n, is_online)
 
     def select_idle(self, version: int, now_s: float, n: int,
                     is_available: Callable[[int], bool], rng: np.random.Generator
@@ -122,7 +148,7 @@ class RandomSelector(Selector):
                         out.append(d)
                         if len(out) == n:
                             return out
-        return online_sample(rng.permutation(big), n, is_available)
+        return online_sample(permutation(rng, big), n, is_available)
 
 
 # ----------------------------------------------------------------------------- Oort

@@ -45,8 +45,14 @@ class DeviceTrace:
         self.period_s = period_s
         t = np.asarray(avail_t, dtype=np.float64)
         v = np.asarray(avail_v, dtype=np.float64)
-        seg = np.diff(np.append(t, period_s if period_s is not None else t[-1]))
-        c = np.zeros(len(t) + 1)
+        # segment lengths: to the next breakpoint, the last one to the period's end (or 0)
+        # -- np.diff(np.append(t, end)) without its copies (this runs once per device a
+        # huge fleet touches)
+        seg = np.empty(len(t))
+        np.subtract(t[1:], t[:-1], out=seg[:-1])
+        seg[-1] = (period_s if period_s is not None else t[-1]) - t[-1]
+        c = np.empty(len(t) + 1)
+        c[0] = 0.0
         np.cumsum(v * seg, out=c[1:])
         self._t = _f64(t)
         self._v = _f64(v)

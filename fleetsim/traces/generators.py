@@ -313,26 +313,32 @@ def alternating_online(rng: np.random.Generator, horizon_s: float, mean_online_s
     if mean_offline_s <= 0.0:
         return np.zeros(1), np.ones(1, np.uint8)
     p_on = mean_online_s / (mean_online_s + mean_offline_s)
-    state = bool(rng.random() < p_on)
-    expected = horizon_s / (mean_online_s + mean_offline_s) * 2 + 8
-    times = [0.0]
-    states = [state]
+    state0 = state = bool(rng.random() < p_on)
+    n = int(horizon_s / (mean_online_s + mean_offline_s) * 2 + 8)
+    chunks = [np.zeros(1)]
     t = 0.0
+    # Written for speed (this runs once per device a huge fleet touches), with the draws
+    # and the arithmetic of the plain version: period lengths e * mean, with the means
+    # alternating from the current state; period ends t + cumsum (non-decreasing, so
+    # those before the horizon are a prefix).
     while True:
-        n = int(expected)
         e = rng.standard_exponential(n)
-        means = np.where((np.arange(n) % 2 == 0) == state, mean_online_s, mean_offline_s)
-        ends = t + np.cumsum(e * means)
-        keep = ends < horizon_s
-        k = int(keep.sum())
-        times.extend(ends[:k].tolist())
-        flip = np.arange(1, k + 1) % 2 == 1
-        states.extend((flip != state).tolist())
+        on, off = (mean_online_s, mean_offline_s) if state else (mean_offline_s, mean_online_s)
+        e[0::2] *= on
+        e[1::2] *= off
+        ends = np.cumsum(e)
+        if t != 0.0:
+            ends = t + ends
+        k = int(np.searchsorted(ends, horizon_s, "left"))
+        chunks.append(ends[:k])
         if k < n:
             break
         t = float(ends[-1])
-        state = states[-1]
-    return np.asarray(times), np.asarray(states, np.uint8)
+        state = state != (n % 2 == 1)  # the state after n more changes
+    times = np.concatenate(chunks)
+    states = np.empty(len(times), np.uint8)  # each change flips the state
+    states[0::2], states[1::2] = state0, not state0
+    return times, states
 
 
 def intervals_signal(starts: np.ndarray, lengths: np.ndarray,
@@ -472,6 +478,9 @@ class _Chain:
     jump_cdf: list[list[float]]
     stationary: np.ndarray
     uniform_jumps: bool
+    #: the first state's cumulative distribution, as ``Generator.choice`` computes it
+    start_cdf: list[float]
+    one_dwell: bool  # the same mean dwell in every state
 
 
 @GENERATORS.register("markov")
@@ -531,8 +540,11 @@ class Markov(TraceGenerator):
             p = (np.ones((m, m)) - np.eye(m)) / max(m - 1, 1)
         else:
             p = np.asarray(o.jump, dtype=np.float64)
-        return _Chain(levels, dwell, p, np.cumsum(p, axis=1).tolist(),
-                      _stationary(p, dwell), o.jump is None)
+        stationary = _stationary(p, dwell)
+        start_cdf = stationary.cumsum()
+        start_cdf /= start_cdf[-1]
+        return _Chain(levels, dwell, p, np.cumsum(p, axis=1).tolist(), stationary,
+                      o.jump is None, start_cdf.tolist(), bool(np.all(dwell == dwell[0])))
 
     def stationary_time_share(self) -> np.ndarray:
         """Long-run share of time spent at each level (fixed options only)."""
@@ -549,7 +561,12 @@ class Markov(TraceGenerator):
             # Uniform jumps to another state: a random walk of non-zero increments mod m,
             # vectorised (no Python loop over the chain).
             inc = rng.integers(1, m, size=n - 1)
-            return (s0 + np.concatenate([[0], np.cumsum(inc)])) % m
+            st = np.empty(n, np.int64)
+            st[0] = 0
+            np.cumsum(inc, out=st[1:])
+            st += s0
+            st %= m
+            return st
         u = rng.random(n - 1).tolist()
         out = [s0]
         s = s0
@@ -561,27 +578,36 @@ class Markov(TraceGenerator):
 
     def make(self, o: Any, horizon_s: float, rng: np.random.Generator) -> DeviceSignals:
         c = self._fixed if self._fixed is not None else self._chain(o)
-        s0 = int(rng.choice(len(c.levels), p=c.stationary))
+        # rng.choice(m, p=stationary), without its checks of p: the same single draw
+        s0 = bisect_right(c.start_cdf, rng.random())
         mean_dwell = float(np.dot(c.stationary, c.dwell))
         n = int(horizon_s / mean_dwell * 1.5) + 16
         times: list[np.ndarray] = []
         states: list[np.ndarray] = []
         t = 0.0
+        # Written for speed (this runs once per device a huge fleet touches), with the
+        # draws and the arithmetic of the plain version: start times t + cumsum of the
+        # holds are non-decreasing, so those before the horizon are a prefix.
         while True:
             st = self._states(c, rng, s0, n)
-            hold = rng.standard_exponential(n) * c.dwell[st]
-            starts = t + np.concatenate([[0.0], np.cumsum(hold[:-1])])
-            keep = starts < horizon_s
-            times.append(starts[keep])
-            states.append(st[keep])
-            if not keep[-1]:
+            hold = rng.standard_exponential(n)
+            hold *= c.dwell[0] if c.one_dwell else c.dwell[st]
+            starts = np.empty(n)
+            starts[0] = 0.0
+            np.cumsum(hold[:-1], out=starts[1:])
+            if t != 0.0:
+                starts += t
+            k = int(np.searchsorted(starts, horizon_s, "left"))
+            times.append(starts[:k])
+            states.append(st[:k])
+            if k < n:
                 break
             t = float(starts[-1] + hold[-1])
             if t >= horizon_s:
                 break
             s0 = int(self._states(c, rng, int(st[-1]), 2)[1])
-        at = np.concatenate(times)
-        av = c.levels[np.concatenate(states)]
+        at = times[0] if len(times) == 1 else np.concatenate(times)
+        av = c.levels[states[0] if len(states) == 1 else np.concatenate(states)]
         on_t, on_v = _online(rng, horizon_s, o)
         return DeviceSignals(at, av, on_t, on_v)
 

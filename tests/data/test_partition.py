@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleetsim.data import Partition, make_partition
+from fleetsim.data import Partition, make_partition, partition_sizes
 from fleetsim.errors import UserError
 
 CLASSES = 10
@@ -157,3 +157,31 @@ def test_natural_follows_the_groups() -> None:
 def test_natural_needs_groups() -> None:
     with pytest.raises(UserError, match="natural"):
         make_partition("natural", {}, labels(3), 3, np.random.default_rng(0), None)
+
+
+# -- sizes alone (timing-only runs) --------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "options", "devices"), [
+    ("iid", {}, 7), ("iid", {}, 500), ("iid", {"samples_per_device": 30}, 40),
+    ("dirichlet", {"alpha": 0.5}, 9), ("shards", {"shards_per_device": 2}, 10),
+])
+def test_partition_sizes_are_the_partitions_sizes(name: str, options: dict,
+                                                  devices: int) -> None:
+    y = labels(50)
+    sizes = partition_sizes(name, options, y, devices, np.random.default_rng(3))
+    part = make_partition(name, options, y, devices, np.random.default_rng(3))
+    assert sizes.dtype == np.int64 and sizes.tolist() == part.sizes().tolist()
+
+
+def test_iid_sizes_by_hand() -> None:
+    # 500 samples over 7 devices: 3 devices of 72 first, then 4 of 71 (np.array_split)
+    assert partition_sizes("iid", {}, labels(50), 7, np.random.default_rng(0)).tolist() \
+        == [72] * 3 + [71] * 4
+
+
+def test_partition_sizes_keep_the_partitions_errors() -> None:
+    with pytest.raises(UserError, match="samples_per_device"):
+        partition_sizes("iid", {}, labels(1), 11, np.random.default_rng(0))
+    with pytest.raises(UserError, match="more than the 100 training samples"):
+        partition_sizes("iid", {"samples_per_device": 101}, labels(10), 3,
+                        np.random.default_rng(0))

@@ -135,3 +135,16 @@ def test_split_is_recorded_and_validation_needs_a_fraction(
     err = capsys.readouterr().err
     assert "eval.split" in err and "data.validation_fraction" in err
     assert Counter(p.name for p in tmp_path.iterdir()) == Counter(["validation", "test"])
+
+
+@pytest.mark.parametrize("partition", [{"name": "iid"},
+                                       {"name": "dirichlet", "options": {"alpha": 0.5}}])
+def test_timing_runs_size_devices_after_the_hold_out(partition: dict) -> None:
+    """Timing-only runs take the partition's sizes without dealing samples: the same
+    sizes as the full run's partition, validation samples held out first."""
+    from fleetsim.training import build_data_sizes
+
+    cfg = DataConfig(dataset="digits", validation_fraction=0.3, partition=partition)
+    _, part = build_data(cfg, 7, 3)
+    _, sizes = build_data_sizes(cfg, 7, 3)
+    np.testing.assert_array_equal(sizes, part.sizes())

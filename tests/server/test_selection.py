@@ -15,10 +15,11 @@ from fleetsim.server.selection import (
     FleetView,
     OortOptions,
     OortSelector,
+    RandomOptions,
     RandomSelector,
-    SelectorOptions,
     TiFLOptions,
     TiFLSelector,
+    permutation,
 )
 
 
@@ -39,12 +40,35 @@ def test_registered() -> None:
 
 
 def test_random_selects_n_distinct_online_devices() -> None:
-    s = RandomSelector(SelectorOptions(), view(20))
+    s = RandomSelector(RandomOptions(), view(20))
     rng = np.random.default_rng(0)
     picks = [s.select(r, 0.0, 5, lambda d: d % 2 == 0, rng) for r in range(50)]
     assert all(len(p) == len(set(p)) == 5 and all(d % 2 == 0 for d in p) for p in picks)
     assert len({d for p in picks for d in p}) == 10  # every online device gets a turn
     assert len(s.select(0, 0.0, 5, lambda d: d == 3, rng)) == 1
+
+
+def test_random_draws_takes_the_first_online_of_8k_random_ids() -> None:
+    s = RandomSelector(RandomOptions(candidates="draws"), view(1000))
+    online = lambda d: d % 3 != 0  # noqa: E731
+    for r in range(20):
+        got = s.select(r, 0.0, 10, online, np.random.default_rng(r))
+        want: list[int] = []
+        for d in np.random.default_rng(r).integers(0, 1000, size=80).tolist():
+            if d not in want and online(d) and len(want) < 10:
+                want.append(d)
+        assert got == want
+    # uniform among the online devices: over many rounds each is picked about as often
+    counts = Counter(d for r in range(300)
+                     for d in s.select(r, 0.0, 10, online, np.random.default_rng(r)))
+    assert set(counts) <= {d for d in range(1000) if online(d)}
+    assert len(counts) > 600 and max(counts.values()) < 15  # mean 4.5 of 666
+
+
+def test_random_draws_falls_back_to_a_permutation_when_few_are_online() -> None:
+    s = RandomSelector(RandomOptions(candidates="draws"), view(1000))
+    got = s.select(0, 0.0, 3, lambda d: d in (5, 500, 999), np.random.default_rng(0))
+    assert sorted(got) == [5, 500, 999]
 
 
 # ----------------------------------------------------------------------- Oort
@@ -189,3 +213,11 @@ def test_oort_checks_only_a_window_of_a_huge_fleet() -> None:
 
     picks = s.select(0, 0.0, 10, online, np.random.default_rng(0))
     assert len(picks) == 10 and len(calls) <= 5 * 10
+
+
+@pytest.mark.parametrize("n", [1, 2, 1000, 100_003])
+def test_permutation_is_numpys_with_the_same_draws(n: int) -> None:
+    ours, numpys = np.random.default_rng(n), np.random.default_rng(n)
+    got = permutation(ours, n)
+    assert got.tolist() == numpys.permutation(n).tolist()
+    assert ours.random() == numpys.random()  # the streams go on alike
