@@ -13,6 +13,8 @@ are scored in order here, so its figures too are those of one process.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -129,13 +131,24 @@ _WORKER: dict[str, Any] = {}
 
 
 def _pool_init(settings: TrainerSettings, shared: dict[str, Tensor],
-               data: tuple[Dataset, Partition]) -> None:
+               data: tuple[Dataset, Partition], slots: list[dict[str, Tensor]],
+               free: Any) -> None:
     _WORKER["trainer"] = Trainer(settings, data)
     _WORKER["state"] = shared
+    _WORKER["slots"] = slots
+    _WORKER["free"] = free
 
 
-def _pool_train(job: UpdateJob) -> UpdateResult:
-    return _WORKER["trainer"].train(_WORKER["state"], job)
+def _pool_train(item: tuple[int, UpdateJob]) -> tuple[int, int, UpdateResult]:
+    """Train one job; its state goes back in a free result slot, the rest as a pickle."""
+    i, job = item
+    res = _WORKER["trainer"].train(_WORKER["state"], job)
+    slot = _WORKER["free"].get()  # blocks only while the main process copies slots out
+    with torch.no_grad():
+        for k, v in _WORKER["slots"][slot].items():
+            v.copy_(res.update.state[k])
+    update = dataclasses.replace(res.update, state={})
+    return i, slot, dataclasses.replace(res, update=update)
 
 
 def _pool_eval(slices: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -198,9 +211,17 @@ class Pool(Backend):
         ds = self.trainer.data
         for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
             t.share_memory_()  # in place: pickling to a worker then sends a handle
+        # Trained states come back through shared result slots, copied out here as each
+        # arrives, not as pickles (6.6 MB a job for the McMahan CNN, which cost the main
+        # process ~10 ms a job to receive): two per worker, so a worker seldom waits for one.
+        self.slots = [{k: v.clone().share_memory_() for k, v in self.shared.items()}
+                      for _ in range(2 * self.where.workers)]
+        self.free = ctx.SimpleQueue()
+        for i in range(len(self.slots)):
+            self.free.put(i)
         self.pool = ctx.Pool(self.where.workers, initializer=_pool_init,
                              initargs=(settings, self.shared,
-                                       (ds, self.trainer.partition)))
+                                       (ds, self.trainer.partition), self.slots, self.free))
         self._published: Mapping[str, Tensor] | None = None  # what ``shared`` holds
         self._readers: list[Any] = []  # evaluations under way, reading ``shared``
 
@@ -218,8 +239,28 @@ class Pool(Backend):
     def train(self, state: Mapping[str, Tensor], jobs: Sequence[UpdateJob]
               ) -> Iterator[UpdateResult]:
         self._publish(state)
-        # imap keeps job order; chunksize 1 balances uneven jobs across workers
-        yield from self.pool.imap(_pool_train, jobs, chunksize=1)
+        # Results are taken as they arrive, so that their slots come free at once (in job
+        # order, a worker could hold every slot with later jobs while this process waits
+        # for an earlier one), and handed out in job order. Chunksize 1 balances uneven
+        # jobs across workers.
+        done: dict[int, UpdateResult] = {}
+        nxt = 0
+        arrivals = self.pool.imap_unordered(_pool_train, enumerate(jobs), chunksize=1)
+        try:
+            for i, slot, res in arrivals:
+                state = {k: v.clone() for k, v in self.slots[slot].items()}
+                self.free.put(slot)
+                done[i] = dataclasses.replace(res, update=dataclasses.replace(res.update,
+                                                                              state=state))
+                while nxt in done:
+                    yield done.pop(nxt)
+                    nxt += 1
+        finally:
+            # Left early (an error here or in a job): the jobs still running must get
+            # their slots back, or they would wait for them for ever (and so would close).
+            with contextlib.suppress(Exception):
+                for _, slot, _ in arrivals:
+                    self.free.put(slot)
 
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:
         return self.start_evaluation(state).result()

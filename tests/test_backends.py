@@ -239,3 +239,37 @@ def test_pool_does_not_overwrite_a_model_that_an_evaluation_still_reads() -> Non
         assert backend.trainer.train(b, job).loss_sum == trained[0].loss_sum
     finally:
         backend.close()
+
+
+def test_pool_left_in_the_middle_of_a_round_still_trains_the_next() -> None:
+    """Trained states come back in shared slots (two per worker); a round whose results
+    are not all taken (an error in the engine) must give its slots back, or the next
+    round would wait for ever."""
+    import threading
+
+    sc = load_scenario(SCENARIO, [*SMALL_ROUNDS, "training.backend=pool",
+                                  "training.workers=1"])
+    backend = Pool(trainer_settings(sc), backend_settings(sc))
+    th = threading.Thread()
+    try:
+        state = backend.initial_state()
+        jobs = [UpdateJob(d, 0, 1.0, ((),), (0, 0)) for d in range(6)]  # 3x the slots
+        first = backend.train(state, jobs)
+        next(first)
+        first.close()  # abandoned after one result
+        got: list[Any] = []
+        th = threading.Thread(target=lambda: got.extend(backend.train(state, jobs)),
+                              daemon=True)
+        th.start()
+        th.join(timeout=60)
+        assert not th.is_alive(), "the pool waits for result slots that never come free"
+        for job, res in zip(jobs, got, strict=True):
+            want = backend.trainer.train(state, job)
+            assert res.update.device == job.device and res.loss_sum == want.loss_sum
+            assert all(torch.equal(res.update.state[k], v) for k, v in
+                       want.update.state.items())
+    finally:
+        if th.is_alive():
+            backend.pool.terminate()  # stuck workers would never join
+        else:
+            backend.close()
