@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -130,12 +131,30 @@ class InProcess(Backend):
 _WORKER: dict[str, Any] = {}
 
 
+Layout = list[tuple[str, torch.dtype, tuple[int, ...], int]]
+
+
+def _layout(state: Mapping[str, Tensor]) -> tuple[Layout, int]:
+    """Where each tensor of ``state`` lies in one flat byte buffer (8-byte aligned)."""
+    out, off = [], 0
+    for k, v in state.items():
+        out.append((k, v.dtype, tuple(v.shape), off))
+        off += -(-v.numel() * v.element_size() // 8) * 8
+    return out, off
+
+
+def _views(buf: Tensor, layout: Layout) -> dict[str, Tensor]:
+    """The tensors of ``layout`` as views into ``buf``."""
+    return {k: buf[off:off + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+            for k, dtype, shape, off in layout}
+
+
 def _pool_init(settings: TrainerSettings, shared: dict[str, Tensor],
-               data: tuple[Dataset, Partition], slots: list[dict[str, Tensor]],
+               data: tuple[Dataset, Partition], slots: list[Tensor], layout: Layout,
                free: Any) -> None:
     _WORKER["trainer"] = Trainer(settings, data)
     _WORKER["state"] = shared
-    _WORKER["slots"] = slots
+    _WORKER["slots"] = [_views(b, layout) for b in slots]
     _WORKER["free"] = free
 
 
@@ -214,14 +233,18 @@ class Pool(Backend):
         # Trained states come back through shared result slots, copied out here as each
         # arrives, not as pickles (6.6 MB a job for the McMahan CNN, which cost the main
         # process ~10 ms a job to receive): two per worker, so a worker seldom waits for one.
-        self.slots = [{k: v.clone().share_memory_() for k, v in self.shared.items()}
-                      for _ in range(2 * self.where.workers)]
+        # Each slot is one flat buffer: a worker starts with one file descriptor per
+        # shared buffer, and the fork server sends at most 256.
+        layout, nbytes = _layout(self.shared)
+        bufs = [torch.zeros(nbytes, dtype=torch.uint8).share_memory_()
+                for _ in range(2 * self.where.workers)]
+        self.slots = [_views(b, layout) for b in bufs]
         self.free = ctx.SimpleQueue()
         for i in range(len(self.slots)):
             self.free.put(i)
         self.pool = ctx.Pool(self.where.workers, initializer=_pool_init,
-                             initargs=(settings, self.shared,
-                                       (ds, self.trainer.partition), self.slots, self.free))
+                             initargs=(settings, self.shared, (ds, self.trainer.partition),
+                                       bufs, layout, self.free))
         self._published: Mapping[str, Tensor] | None = None  # what ``shared`` holds
         self._readers: list[Any] = []  # evaluations under way, reading ``shared``
 
