@@ -67,8 +67,11 @@ def fleetsim_run(scenario: Path, out: Path, sets: list[str]) -> dict[str, object
 
 def flower_ok(python: str) -> str | None:
     """None if ``python`` can run Flower's simulation engine, else why not."""
-    p = subprocess.run([python, "-c", "import flwr, ray, torch; print(flwr.__version__)"],
-                       capture_output=True, text=True)
+    try:
+        p = subprocess.run([python, "-c", "import flwr, ray, torch"], capture_output=True,
+                           text=True)
+    except OSError as exc:  # no such interpreter
+        return str(exc)
     if p.returncode:
         return (p.stderr.strip().splitlines() or ["?"])[-1]
     return None
