@@ -21,8 +21,8 @@ DOC = REPO / "docs" / "reproduction.md"
 SUMMARY = REPO / "docs" / "reproduction" / "summary.csv"
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 POLICY_ORDER = ("distreal", "uniform-adaptive", "distreal-static", "fedavg",
-                "fedavg+stragglers=wait", "fedprox", "federated_dropout", "heterofl", "fjord",
-                "fedrolex")
+                "fedavg+stragglers=wait", "fedprox", "fednova", "federated_dropout", "heterofl",
+                "fjord", "fedrolex")
 
 
 def _num(row: dict[str, str], key: str) -> float:
@@ -34,12 +34,22 @@ def _minutes(row: dict[str, str]) -> str:
     t = _num(row, "time_to_target_s")
     if math.isnan(t):
         return "never"
+    if row.get("reached") == "1" and len(row["seeds"].split()) > 1:
+        return f"{t / 60:.1f} (1 seed)"  # one value has no interval: [x, x] would mislead
     lo, hi = _num(row, "time_to_target_s_lo"), _num(row, "time_to_target_s_hi")
     return f"{t / 60:.1f} [{lo / 60:.1f}, {hi / 60:.1f}]"
 
 
 def _acc(row: dict[str, str], key: str) -> str:
     return f"{_num(row, key):.3f} [{_num(row, key + '_lo'):.3f}, {_num(row, key + '_hi'):.3f}]"
+
+
+def _range(row: dict[str, str]) -> str:
+    lo, hi = _num(row, "final_accuracy_min"), _num(row, "final_accuracy_max")
+    return "–" if math.isnan(lo) else f"{lo:.3f}–{hi:.3f}"
+
+
+BOUND = {"": "", ">=": "≥", "<=": "≤"}  # a speed-up over seeds that did not all reach it
 
 
 def tables(summary: Path) -> str:
@@ -49,19 +59,27 @@ def tables(summary: Path) -> str:
     out: list[str] = []
     settings = sorted({r["overrides"] for r in rows},
                       key=lambda s: float(s.rsplit("=", 1)[-1]) if "=" in s else 0.0)
+    # summaries written before fleetsim report gave the range over seeds have no such
+    # column: their tables keep the columns they were published with
+    ranged = bool(rows) and "final_accuracy_min" in rows[0]
     for s in settings:
         sub = {r["policy"]: r for r in rows if r["overrides"] == s}
-        target = next(iter(sub.values()))["target_accuracy"]
-        out += [f"**{s}** (target accuracy {target})", "",
+        first = next(iter(sub.values()))
+        split = f", {first['eval_split']} split" if first.get("eval_split") else ""
+        out += [f"**{s}** (target accuracy {first['target_accuracy']}{split})", "",
                 "| policy | time to target, min [95% CI] | reached | speedup vs fedavg | "
-                "final accuracy [95% CI] | in time |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "final accuracy [95% CI] | " + ("final accuracy, min–max over seeds | "
+                                                if ranged else "") + "in time |",
+                "|---|---:|---:|---:|---:|" + ("---:|" if ranged else "") + "---:|"]
         for p in sorted(sub, key=lambda p: POLICY_ORDER.index(p) if p in POLICY_ORDER else 99):
             r = sub[p]
             sp = _num(r, "speedup")
+            mark = BOUND[r.get("speedup_bound", "")]
             out.append(f"| {p} | {_minutes(r)} | {r['reached']}/{len(r['seeds'].split())} | "
-                       f"{'–' if math.isnan(sp) else f'{sp:.2f}'} | "
-                       f"{_acc(r, 'final_accuracy')} | {100 * _num(r, 'in_time_share'):.1f}% |")
+                       f"{'–' if math.isnan(sp) else f'{mark}{sp:.2f}'} | "
+                       f"{_acc(r, 'final_accuracy')} | "
+                       + (f"{_range(r)} | " if ranged else "")
+                       + f"{100 * _num(r, 'in_time_share'):.1f}% |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -189,8 +189,8 @@ class _PoolEvaluation(Evaluation):
         if self._figures is None:
             outs = [torch.from_numpy(a) for part in self.parts.get() for a in part]
             self.backend._readers.remove(self.parts)
-            data = self.backend.trainer.data
-            self._figures = score(outs, data.y_test, self.backend.settings.eval_batch_size)
+            _, y = self.backend.trainer.eval_data()
+            self._figures = score(outs, y, self.backend.settings.eval_batch_size)
         return self._figures
 
 
@@ -228,8 +228,9 @@ class Pool(Backend):
         super().__init__(settings, where, trainer)
         self.shared = {k: v.clone().share_memory_() for k, v in self.initial_state().items()}
         ds = self.trainer.data
-        for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
-            t.share_memory_()  # in place: pickling to a worker then sends a handle
+        for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.x_val, ds.y_val):
+            if t is not None:
+                t.share_memory_()  # in place: pickling to a worker then sends a handle
         # Trained states come back through shared result slots, copied out here as each
         # arrives, not as pickles (6.6 MB a job for the McMahan CNN, which cost the main
         # process ~10 ms a job to receive): two per worker, so a worker seldom waits for one.
@@ -290,7 +291,7 @@ class Pool(Backend):
 
     def start_evaluation(self, state: Mapping[str, Tensor]) -> Evaluation:
         self._publish(state)
-        slices = eval_slices(len(self.trainer.data.y_test))
+        slices = eval_slices(len(self.trainer.eval_data()[1]))
         # static batch-norm statistics (HeteroFL's sBN) are recomputed over the whole
         # training set by every task that evaluates: one task then, not one per slice
         static = self.trainer.model.bn_stats == "static"

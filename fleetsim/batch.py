@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
-from fleetsim.build import load_scenario
+from fleetsim.build import load_scenario, method_defaults
 from fleetsim.config import Scenario
 from fleetsim.errors import UserError
 from fleetsim.results import atomic_write_bytes, write_files
@@ -46,7 +47,7 @@ FAILURE_COLUMNS = ("scenario", "policy", "overrides", "seed", "dir", "error")
 # comes after these and can still change them.
 CELL_DEFAULTS = ("training.backend=inprocess", "training.threads=1")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@-]")
 _MAX_NAME = 100
 
 
@@ -56,7 +57,7 @@ _MAX_NAME = 100
 def safe_name(text: str) -> str:
     """A readable, filesystem-safe folder name for ``text``.
 
-    Characters outside ``A-Z a-z 0-9 . _ = + -`` become ``_``; when anything was changed
+    Characters outside ``A-Z a-z 0-9 . _ = + @ -`` become ``_``; when anything was changed
     or cut, a short hash of the original is appended, so distinct texts never share a
     folder.
     """
@@ -67,6 +68,12 @@ def safe_name(text: str) -> str:
         digest = hashlib.sha1(text.encode()).hexdigest()[:8]
         name = f"{name[:_MAX_NAME]}-{digest}"
     return name
+
+
+def policy_of_label(label: str) -> str:
+    """The policy part of a folder label: ``fedavg+stragglers=wait@lr=0.1`` ->
+    ``fedavg+stragglers=wait`` (what a baseline is named by, whatever its tuned setting)."""
+    return label.partition("@")[0]
 
 
 def split_top(text: str, sep: str) -> list[str]:
@@ -94,6 +101,11 @@ def split_top(text: str, sep: str) -> list[str]:
 @dataclass(frozen=True)
 class PolicySpec:
     """A policy of the grid: ``name`` or ``name:key=value;key2=value``.
+
+    A key without a dot is one of the policy's options (``fedavg:stragglers=wait``); a
+    dotted key is a scenario key set for this policy's cells only
+    (``fedprox:training.optimizer.lr=0.1``), so each method can run at its own tuned
+    learning rate in one grid.
 
     Attributes
     ----------
@@ -123,8 +135,12 @@ class PolicySpec:
 
     @property
     def label(self) -> str:
-        """Folder name, e.g. ``fedavg`` or ``fedavg+stragglers=wait``."""
-        return safe_name("+".join([self.name, *(f"{k}={v}" for k, v in self.options)]))
+        """Folder name, e.g. ``fedavg``, ``fedavg+stragglers=wait`` or, for the scenario
+        key ``training.optimizer.lr=0.1``, ``fedavg@lr=0.1`` (``@`` and the key's last part:
+        the policy *at* a setting; :func:`policy_of_label` strips it again)."""
+        plain = [f"+{k}={v}" for k, v in self.options if "." not in k]
+        scenario = [f"@{k.rpartition('.')[2]}={v}" for k, v in self.options if "." in k]
+        return safe_name("".join([self.name, *plain, *scenario]))
 
     @property
     def text(self) -> str:
@@ -136,8 +152,11 @@ class PolicySpec:
         ``base_policy``: the same policy keeps the scenario's options (given ones on
         top); another policy starts from its defaults."""
         reset = [] if self.name == base_policy else ["policy.options={}"]
+        # a dotted key is a scenario key for this policy's cells only (e.g. the learning
+        # rate a sweep chose for it); a plain key is one of the policy's own options
         return [f"policy.name={self.name}", *reset,
-                *(f"policy.options.{k}={v}" for k, v in self.options)]
+                *(f"{k}={v}" if "." in k else f"policy.options.{k}={v}"
+                  for k, v in self.options)]
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -292,6 +311,9 @@ class CellTask:
     rel_dir: str
     scenario_json: str
     source: str  # the scenario file, for messages
+    #: what became of the policy's model defaults (``fleetsim.build.method_defaults``):
+    #: not part of the scenario's JSON, so it travels beside it into the run's provenance
+    method_defaults: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -349,7 +371,8 @@ def plan(grid: Grid, out: Path) -> Plan:
             mismatched.append((str(h5), stored, sc.digest()))
         else:
             to_run.append((cell, CellTask(cell.rel_dir, sc.model_dump_json(),
-                                          cell.scenario_path)))
+                                          cell.scenario_path,
+                                          tuple(method_defaults(sc)))))
     if mismatched:
         path, old, new = mismatched[0]
         raise UserError(f"{out}: {len(mismatched)} result(s) were made from a different "
@@ -376,6 +399,7 @@ def compute_cell(task: CellTask) -> CellOutcome:
     t0 = time.perf_counter()
     try:
         sc = Scenario.model_validate_json(task.scenario_json)
+        sc._method_defaults = task.method_defaults
         load_plugins(sc.plugins, task.source)
         log = run_scenario(sc, task.source)
         with tempfile.TemporaryDirectory(prefix="fleetsim-cell-") as tmp:

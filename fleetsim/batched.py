@@ -60,6 +60,10 @@ def check_batchable(trainer: Trainer, jobs: Sequence[UpdateJob]) -> None:
             "norm, which batched training does not support. Allowed: models without batch "
             "norm (mlp, cnn4 without norm: bn, femnist_cnn, mcmahan_cnn), or "
             "training.batched: false.")
+    why = getattr(model, "not_batchable", None)
+    if why:  # e.g. a user network run as written, or with depthwise convolutions
+        raise UserError(f"training.batched: {why}, which batched training does not "
+                        "support. Allowed: training.batched: false.")
     if trainer.float_buffers:
         raise UserError(
             f"training.batched: the model has floating buffers "

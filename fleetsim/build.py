@@ -59,7 +59,37 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     load_plugins(sc.plugins, source)
     _check_component_numbers(sc, source, keys)
     validate_components(sc, source, keys)
-    return sc
+    return with_method_defaults(sc)
+
+
+def with_method_defaults(sc: Scenario) -> Scenario:
+    """``sc`` with its policy's model defaults filled into ``model.options``.
+
+    Each default the scenario does not set itself applies (see
+    :mod:`fleetsim.policies.defaults`); what the scenario sets wins. The records of what
+    became of each default travel with the scenario (:func:`method_defaults`) into the
+    run's provenance. Applied here, where the scenario is loaded, so that every part built
+    from it (trainer, DSE, cost model, batch cells) sees the same model.
+    """
+    from fleetsim.nn import MODELS
+    from fleetsim.policies.defaults import resolve_model_defaults
+
+    pcls = POLICIES.get(sc.policy.name)
+    mcls = MODELS.get(sc.model.arch)
+    defaults = getattr(pcls, "model_defaults", ())
+    opts_cls = getattr(mcls, "Options", None)
+    if not defaults or opts_cls is None:
+        return sc
+    merged, records = resolve_model_defaults(defaults, opts_cls, sc.model.options)
+    out = sc.model_copy(update={"model": sc.model.model_copy(update={"options": merged})})
+    out._method_defaults = tuple(r.as_dict() for r in records)
+    return out
+
+
+def method_defaults(sc: Scenario) -> list[dict[str, Any]]:
+    """What became of each of the policy's model defaults in ``sc`` (empty: none, or
+    ``sc`` did not come from :func:`load_scenario`)."""
+    return list(sc._method_defaults)
 
 
 def registries() -> dict[str, Registry[Any]]:
@@ -187,7 +217,8 @@ def trainer_settings(sc: Scenario) -> TrainerSettings:
     return TrainerSettings(seed=sc.seed, data=sc.data, n_devices=sc.fleet.devices,
                            model=sc.model, optimizer=tr.optimizer, batch_size=tr.batch_size,
                            eval_batch_size=sc.eval.batch_size, threads=tr.threads,
-                           plugins=tuple(sc.plugins), device=tr.device)
+                           plugins=tuple(sc.plugins), device=tr.device,
+                           eval_split=sc.eval.split)
 
 
 def backend_settings(sc: Scenario) -> BackendSettings:
@@ -237,6 +268,10 @@ def front_for(sc: Scenario, progress: bool = True) -> Path:
     from fleetsim.dse import front_for as cached
 
     return cached(dse_job(sc), lambda model: cost_model(sc, model), progress)
+
+
+#: policies that train the full model only: the ones a model without groups can run
+FIXED_WORK = frozenset({"fedavg", "fedprox", "fednova"})
 
 
 @dataclass
@@ -340,6 +375,14 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
             backend.close()
         raise _in_file(exc, source) from None
     pcls = POLICIES.get(sc.policy.name)
+    if not model.groups and sc.policy.name not in FIXED_WORK:
+        if backend is not None:
+            backend.close()
+        raise UserError(
+            f"{source or '<scenario>'}: at 'policy.name': {sc.policy.name!r} trains "
+            "sub-networks, and the model has no droppable groups (model.options.groups: "
+            f"none). Allowed: a fixed-work policy ({', '.join(sorted(FIXED_WORK))}), or "
+            "model.options.groups: auto (the default).")
     options = dict(sc.policy.options)
     if "front" in pcls.Options.model_fields and options.get("front") is None:
         # DISTREAL-family policies: the front of this scenario's DSE settings (cached)

@@ -80,8 +80,10 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dse", help="design-space exploration: the Pareto front of dropout vectors",
         description="Search per-group dropout vectors with NSGA-II for two objectives, cost "
-        "per mini-batch (MACs) and a convergence proxy (validation loss after a short, fixed "
-        "training budget from a common warm start), and write the Pareto front (HDF5) and a "
+        "per mini-batch (MACs) and a convergence proxy (excess validation loss over the full "
+        "network after a short, fixed training budget from a common warm start on the same "
+        "mini-batches, mean and spread over repeats; diverged vectors are infeasible), and "
+        "write the Pareto front (HDF5) and a "
         "plot (PNG beside it). Settings come from the scenario's dse section.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  fleetsim dse scenarios/distreal-mnist.yaml --out fronts/mnist.h5")
@@ -96,8 +98,10 @@ def _add_dse(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_dse(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from fleetsim.build import load_scenario, run_dse
-    from fleetsim.dse import write_front
+    from fleetsim.dse import useful, write_front
 
     overrides = list(args.overrides)
     if args.workers is not None:
@@ -117,10 +121,18 @@ def cmd_dse(args: argparse.Namespace) -> int:
     full = front.meta["full_macs"]
     print(f"front of {len(front.macs)} non-dominated vectors out of {len(evaluated['macs'])} "
           f"evaluated, {time.perf_counter() - t0:.1f} s")
+    diverged = int((~evaluated["feasible"]).sum())
+    print(f"  proxy: {front.meta['proxy']}; {diverged} diverged (infeasible, not on the "
+          "front); useful: proxy <= spread")
     names = ", ".join(g for g, _ in front.groups)
-    print(f"  {'cost (share of full)':>22}  {'proxy':>8}  vector ({names})")
-    for v, c, p in sorted(front.points(), key=lambda x: x[1]):
-        print(f"  {c / full:>22.3f}  {p:>8.4f}  {', '.join(f'{x:.1f}' for x in v)}")
+    print(f"  {'cost (share of full)':>22}  {'proxy':>8}  {'spread':>7}  useful  "
+          f"vector ({names})")
+    good = useful(front)
+    assert front.spread is not None
+    for i in np.argsort(front.macs, kind="stable"):
+        v = ", ".join(f"{x:.1f}" for x in front.vectors[i])
+        print(f"  {front.macs[i] / full:>22.3f}  {front.proxy[i]:>8.4f}  "
+              f"{front.spread[i]:>7.4f}  {'yes' if good[i] else 'no':>6}  {v}")
     print(f"  wrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0
 
@@ -204,10 +216,10 @@ def _add_traces(sub: argparse._SubParsersAction) -> None:
     add_traces(sub)
 
 
-from fleetsim.cli_batch import add_compare, add_report  # noqa: E402
+from fleetsim.cli_batch import add_choose, add_compare, add_report  # noqa: E402
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, add_compare, add_report, _add_traces, _add_dse, _add_profile,
+    _add_run, add_compare, add_report, add_choose, _add_traces, _add_dse, _add_profile,
     _add_schema]
 
 

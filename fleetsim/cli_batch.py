@@ -25,7 +25,7 @@ REPORT_EPILOG = """examples:
   fleetsim report runs/batch --target-accuracy 0.8 --baseline fedavg
 
 Writes DIR/summary.csv, DIR/report.md, DIR/table.tex, DIR/accuracy_vs_time.png,
-DIR/round_durations.png and DIR/kept_share.png.
+DIR/round_durations.png, DIR/kept_share.png and, with a baseline, DIR/speedup.png.
 """
 
 
@@ -39,7 +39,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scenarios", nargs="+", metavar="SCENARIO.yaml", help="scenario files")
     p.add_argument("--policies", metavar="P1,P2,...",
                    help="policies, each name or name:key=value;key2=value (quote it for the "
-                   "shell), e.g. fedavg,fedavg:stragglers=wait (default: each scenario's own)")
+                   "shell), e.g. fedavg,fedavg:stragglers=wait; a dotted key is a scenario key "
+                   "for that policy only, e.g. fedprox:training.optimizer.lr=0.1 (default: "
+                   "each scenario's own)")
     p.add_argument("--seeds", default="0", help="seeds: 0-4, 0,3,7 or 0-2,9 (default 0)")
     p.add_argument("--set", dest="sets", action="append", default=[],
                    metavar="KEY=V1,V2", help="override a scenario key; several values make "
@@ -119,4 +121,58 @@ def cmd_report(args: argparse.Namespace) -> int:
                      allowed="the --out folder of `fleetsim compare`, writable")
     written = write_report(Path(args.dir), args.target_accuracy, args.baseline)
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+CHOOSE_EPILOG = """example (a learning-rate sweep, then the study at the chosen rates):
+  fleetsim compare scenarios/paper/mnist.yaml --policies fedavg,fedprox --seeds 0 \\
+      --set training.optimizer.lr=0.02,0.05,0.1 --set eval.split=validation \\
+      --set data.validation_fraction=0.1 --out runs/lr
+  fleetsim choose runs/lr --key training.optimizer.lr
+  fleetsim compare scenarios/paper/mnist.yaml --policies "$(cat runs/lr/policies.txt)" ...
+
+Writes DIR/choice.csv (every value's score per policy) and DIR/policies.txt (the
+--policies argument running each policy at its chosen value).
+"""
+
+
+def add_choose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "choose", help="pick a swept setting per policy (e.g. each method's learning rate)",
+        description="Pick, per policy, the value of a swept scenario key with the best "
+        "validation accuracy: each run scores the mean of its last --last evaluations, a "
+        "value the mean over its runs. The runs must have evaluated on the validation split "
+        "(eval.split: validation), so the choice never sees the test data.",
+        epilog=CHOOSE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="the --out folder of the sweep's fleetsim compare")
+    p.add_argument("--key", required=True, help="the swept scenario key, e.g. "
+                   "training.optimizer.lr")
+    p.add_argument("--last", type=int, default=3, help="evaluations averaged per run "
+                   "(default 3)")
+    p.add_argument("--allow-test", action="store_true", help="accept runs evaluated on the "
+                   "test split (tuning on the test data; not for a study)")
+    p.set_defaults(func=cmd_choose)
+
+
+def cmd_choose(args: argparse.Namespace) -> int:
+    from fleetsim.choose import choice_csv, choose, policies_arg
+    from fleetsim.paths import check_output_dir
+    from fleetsim.results import atomic_write_bytes
+
+    check_output_dir(args.dir, "DIR", must_exist=True,
+                     allowed="the --out folder of `fleetsim compare`, writable")
+    out = Path(args.dir)
+    choices = choose(out, args.key, args.last, args.allow_test)
+    width = max(len(c.policy) for c in choices)
+    for c in choices:
+        tried = "  ".join(f"{v}: {s:.4f}" for v, s, _ in c.scores)
+        print(f"{c.policy:<{width}}  chosen {args.key}={c.value}   ({tried})")
+    atomic_write_bytes(out / "choice.csv", choice_csv(choices, args.key).encode())
+    arg = policies_arg(choices)
+    if arg is None:
+        print("a policy label could not be turned back into a --policies spec: "
+              "see choice.csv", file=sys.stderr)
+    else:
+        atomic_write_bytes(out / "policies.txt", (arg + "\n").encode())
+        print(f"--policies \"{arg}\"\nwrote {out / 'choice.csv'}, {out / 'policies.txt'}")
     return 0

@@ -15,7 +15,7 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from fleetsim.numbers import StrictNumbers
 
@@ -47,12 +47,20 @@ class DataConfig(Section):
                                  "as the server's test set")
     split_seed: int = Field(0, ge=0, description="seed of the fixed train/test split "
                             "(independent of the run seed, so seeds compare like with like)")
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of the training "
+                                       "split held out as a validation set before it is "
+                                       "split over devices (no device trains on it; per "
+                                       "class, or per writer for natural data; drawn from "
+                                       "split_seed); for eval.split: validation. 0: none, "
+                                       "the training split is unchanged")
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
 
 
 class ModelConfig(Section):
     arch: str = Field("cnn4", description="network: mlp | cnn4 | femnist_cnn | resnet8 | "
-                      "resnet20 (see `fleetsim schema` for the registered list)")
+                      "resnet20 | user (your own nn.Module: options.factory "
+                      "'file.py:make_net', see docs/extending.md; `fleetsim schema` lists "
+                      "the registered ones)")
     options: dict[str, Any] = _opts()
 
 
@@ -195,6 +203,12 @@ class EvalConfig(Section):
     every_rounds: int = Field(1, ge=1, description="evaluate the global model every N rounds "
                               "(and after the last)")
     batch_size: int = Field(1000, ge=1)
+    split: Literal["test", "validation"] = Field("test", description="what the global model "
+                                                 "is evaluated on: test (the held-out test "
+                                                 "set) | validation (data.validation_"
+                                                 "fraction of the training split: tune "
+                                                 "hyper-parameters on it, not on the test "
+                                                 "set); run.h5 records it as eval_split")
 
 
 class StalenessConfig(Section):
@@ -266,12 +280,13 @@ class DseConfig(Section):
                                     "take")
     population: int = Field(24, ge=4, description="NSGA-II population size")
     generations: int = Field(12, ge=1, description="NSGA-II generations")
-    budget_steps: int = Field(20, ge=1, description="mini-batches each candidate trains for "
-                              "the convergence proxy")
+    budget_steps: int = Field(20, ge=1, description="mini-batches each candidate (and the "
+                              "full-network reference) trains for the convergence proxy")
     warmup_steps: int = Field(100, ge=0, description="full-network mini-batches from the "
                               "initial model to the common warm start")
-    repeats: int = Field(1, ge=1, description="proxy averaged over this many data/channel "
-                         "seeds")
+    repeats: int = Field(2, ge=1, description="proxy (excess validation loss over the full "
+                         "network on the same mini-batches) averaged over this many "
+                         "independent data/channel streams; their spread is stored too")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of training samples held "
                                 "out to measure the proxy (the test set is never used)")
     seed: int = Field(0, ge=0, description="seed of the search (independent of run seeds, "
@@ -328,6 +343,9 @@ class Scenario(Section):
     dse: DseConfig = Field(default_factory=DseConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    #: what became of the policy's model defaults (fleetsim.build.with_method_defaults
+    #: fills it; the run's provenance records it); not a key of the scenario file
+    _method_defaults: tuple[dict[str, Any], ...] = PrivateAttr(())
 
     @field_validator("name")
     @classmethod
@@ -345,6 +363,9 @@ class Scenario(Section):
         if self.training.clients_per_round > self.fleet.devices:
             raise ValueError(f"training.clients_per_round ({self.training.clients_per_round}) "
                              f"exceeds fleet.devices ({self.fleet.devices})")
+        if self.eval.split == "validation" and self.data.validation_fraction == 0:
+            raise ValueError("eval.split is validation, but data.validation_fraction is 0 "
+                             "(no validation set): set data.validation_fraction, e.g. 0.1")
         return self
 
     def text(self) -> str:

@@ -681,8 +681,9 @@ class Engine:
             out.status = why
             return
         out.status = "completed"
-        # a policy that trained past its epoch work (distreal's work: fill) has full batches
-        samples = a.samples if short_at >= len(step_vec) - 1 else None
+        # the trainer cuts the same mini-batches as timed here: the epoch's last one short,
+        # full ones after it (distreal's work: fill), none short if the device stopped before
+        samples = a.samples
         out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
                             a.reselect, a.offset, self.train_spec.prox_mu, samples)
 

@@ -23,9 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetsim.batch import DONE_FILE, FAILURES_FILE, PolicySpec
+from fleetsim.batch import DONE_FILE, FAILURES_FILE, PolicySpec, policy_of_label
 from fleetsim.errors import UserError
-from fleetsim.results import atomic_write_bytes, read_rounds
+from fleetsim.report_figures import (
+    figure_accuracy_vs_time,
+    figure_distributions,
+    figure_speedup,
+    mean_band,  # noqa: F401  (re-exported: it lived here before the figures moved out)
+    save,
+)
+from fleetsim.results import atomic_write_bytes, read_eval_split, read_rounds
+from fleetsim.timeunits import pick_time_unit
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999
@@ -33,13 +41,13 @@ BOOTSTRAP_SEED = 0  # fixed, so a report is reproducible to the last digit
 #: default target: this share of the best policy's mean final accuracy (per setting)
 DEFAULT_TARGET_SHARE = 0.9
 DEFAULT_BASELINE = "fedavg"
-GRID_POINTS = 200
 
 SUMMARY_COLUMNS = (
     "scenario", "overrides", "policy", "seeds", "target_accuracy", "reached",
     "never_reached_seeds", "time_to_target_s", "time_to_target_s_lo", "time_to_target_s_hi",
     "speedup", "speedup_bound", "final_accuracy", "final_accuracy_lo", "final_accuracy_hi",
-    "best_accuracy", "best_accuracy_lo", "best_accuracy_hi", "rounds", "in_time_share")
+    "best_accuracy", "best_accuracy_lo", "best_accuracy_hi", "rounds", "in_time_share",
+    "final_accuracy_min", "final_accuracy_max", "eval_split")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -54,13 +62,15 @@ class RunData:
     overrides: str
     seed: int
     rounds: dict[str, np.ndarray]
+    #: what ``accuracy`` measured: "test" or "validation" (``eval.split``)
+    eval_split: str = "test"
 
     @property
     def setting(self) -> tuple[str, str]:
         return (self.scenario, self.overrides)
 
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
-        """(round end times in s, test accuracy) of the evaluated rounds."""
+        """(round end times in s, accuracy) of the evaluated rounds."""
         t, acc = self.rounds["t_end_s"], self.rounds["accuracy"]
         ok = ~np.isnan(acc)
         return t[ok].astype(float), acc[ok].astype(float)
@@ -76,7 +86,7 @@ def load_runs(out: Path) -> list[RunData]:
         overrides, policy, scenario = h5.parent.parent, h5.parent.parent.parent, \
             h5.parent.parent.parent.parent
         runs.append(RunData(scenario.name, policy.name, overrides.name, int(m.group(1)),
-                            read_rounds(h5)))
+                            read_rounds(h5), read_eval_split(h5)))
     if not runs:
         raise UserError(f"{out}: no complete runs found. Allowed: the --out folder of "
                         "`fleetsim compare`, holding <scenario>/<policy>/<overrides>/"
@@ -193,6 +203,10 @@ class Summary:
     #: "" when ``speedup`` is exact; ">=" / "<=" when it is a lower / upper bound
     #: because the baseline / the policy missed the target in some seeds
     speedup_bound: str = ""
+    #: (min, max) of the final accuracy over seeds: the spread a CI of few seeds hides
+    final_range: tuple[float, float] = (math.nan, math.nan)
+    #: the split(s) the accuracies were measured on ("test", "validation")
+    eval_split: str = "test"
 
     @property
     def reached(self) -> int:
@@ -212,13 +226,21 @@ def default_target(runs: Sequence[RunData]) -> float:
 
 
 def resolve_baseline(baseline: str | None, policies: Sequence[str]) -> str | None:
-    """The baseline's folder name: as given, or as a policy spec (``fedavg:stragglers=
-    wait``); None when not given and ``fedavg`` is absent."""
-    if baseline is None:
-        return DEFAULT_BASELINE if DEFAULT_BASELINE in policies else None
-    for cand in (baseline, PolicySpec.parse(baseline).label):
-        if cand in policies:
+    """The baseline's folder name: as given, as a policy spec (``fedavg:stragglers=
+    wait``), or the one policy of that name at a tuned setting (``fedavg@lr=0.05``); None
+    when not given and ``fedavg`` is absent."""
+    names = sorted(set(policies))
+    wanted = [DEFAULT_BASELINE] if baseline is None else [baseline,
+                                                          PolicySpec.parse(baseline).label]
+    for cand in wanted:
+        if cand in names:
             return cand
+    for cand in wanted:  # the policy at its tuned setting, e.g. fedavg@lr=0.05
+        tuned = [p for p in names if policy_of_label(p) == cand]
+        if len(tuned) == 1:
+            return tuned[0]
+    if baseline is None:
+        return None
     raise UserError(f"command line: --baseline {baseline!r} is not a policy of this batch. "
                     f"Allowed: {', '.join(sorted(set(policies)))}.")
 
@@ -254,6 +276,7 @@ def summarise(runs: Sequence[RunData], target: float | None = None,
 def _summary_of(runs: Sequence[RunData], target: float) -> Summary:
     runs = sorted(runs, key=lambda r: r.seed)
     times = [time_to_target(r, target) for r in runs]
+    finals = [final_accuracy(r) for r in runs]
     selected = sum(float(r.rounds["selected"].sum()) for r in runs)
     completed = sum(float(r.rounds["completed"].sum()) for r in runs)
     return Summary(
@@ -261,10 +284,17 @@ def _summary_of(runs: Sequence[RunData], target: float) -> Summary:
         seeds=tuple(r.seed for r in runs), target=target,
         never_reached=tuple(r.seed for r, t in zip(runs, times) if math.isnan(t)),
         time_s=mean_ci(times), speedup=math.nan,
-        final=mean_ci([final_accuracy(r) for r in runs]),
-        best=mean_ci([best_accuracy(r) for r in runs]),
+        final=mean_ci(finals), best=mean_ci([best_accuracy(r) for r in runs]),
         rounds=float(np.mean([len(r.rounds["round"]) for r in runs])),
-        in_time_share=completed / selected if selected else math.nan)
+        in_time_share=completed / selected if selected else math.nan,
+        final_range=value_range(finals),
+        eval_split="/".join(sorted({r.eval_split for r in runs})))
+
+
+def value_range(values: Sequence[float]) -> tuple[float, float]:
+    """(min, max) of the finite values; (nan, nan) when there are none."""
+    x = [v for v in values if math.isfinite(v)]
+    return (min(x), max(x)) if x else (math.nan, math.nan)
 
 
 def _censored_times(runs: Sequence[RunData], target: float
@@ -336,16 +366,15 @@ def summary_csv(rows: Sequence[Summary]) -> str:
             _num(s.time_s.lo), _num(s.time_s.hi), _num(s.speedup), s.speedup_bound,
             _num(s.final.mean),
             _num(s.final.lo), _num(s.final.hi), _num(s.best.mean), _num(s.best.lo),
-            _num(s.best.hi), _num(s.rounds), _num(s.in_time_share)])
+            _num(s.best.hi), _num(s.rounds), _num(s.in_time_share), _num(s.final_range[0]),
+            _num(s.final_range[1]), s.eval_split])
     return buf.getvalue()
 
 
 def time_unit(rows: Sequence[Summary]) -> tuple[str, float]:
     """A readable unit for the tables' times: (name, seconds per unit)."""
-    top = max((s.time_s.hi for s in rows if math.isfinite(s.time_s.hi)), default=0.0)
-    if top < 120:
-        return "s", 1.0
-    return ("min", 60.0) if top < 2 * 3600 else ("h", 3600.0)
+    return pick_time_unit(max((s.time_s.hi for s in rows if math.isfinite(s.time_s.hi)),
+                              default=0.0))
 
 
 def _g(x: float, digits: int = 3) -> str:
@@ -380,10 +409,18 @@ def _speedup(s: Summary, fmt: Callable[[float], str], marks: dict[str, str],
     return marks[s.speedup_bound] + fmt(s.speedup)
 
 
+def _range(s: Summary, dash: str) -> str:
+    """min–max of the final accuracy over seeds; "–" for fewer than two seeds."""
+    lo, hi = s.final_range
+    if s.final.n < 2 or not math.isfinite(lo):
+        return dash
+    return f"{lo:.3f}{dash}{hi:.3f}"
+
+
 def _cells(s: Summary, scale: float) -> list[str]:
     return [s.policy, str(len(s.seeds)), _time(s, scale), f"{s.reached}/{len(s.seeds)}",
-            _speedup(s, _g, _BOUND_MD, "–"), _acc(s.final), _acc(s.best), _g(s.rounds),
-            "–" if math.isnan(s.in_time_share) else f"{s.in_time_share:.1%}"]
+            _speedup(s, _g, _BOUND_MD, "–"), _acc(s.final), _range(s, "–"), _acc(s.best),
+            _g(s.rounds), "–" if math.isnan(s.in_time_share) else f"{s.in_time_share:.1%}"]
 
 
 def report_md(out: Path, rows: Sequence[Summary], target: float | None,
@@ -402,18 +439,22 @@ def report_md(out: Path, rows: Sequence[Summary], target: float | None,
                              "--baseline)."), ""]
     head = ["Policy", "Seeds", f"Time to target ({unit}) [95% CI]", "Reached",
             f"Speedup vs {baseline or '–'}", "Final accuracy [95% CI]",
-            "Best accuracy [95% CI]", "Rounds", "In time"]
+            "Final accuracy, min–max", "Best accuracy [95% CI]", "Rounds", "In time"]
     for setting in _settings(rows):
         block = [s for s in rows if (s.scenario, s.overrides) == setting]
+        splits = "/".join(dict.fromkeys(s.eval_split for s in block))
         lines += [f"## {setting[0]} — {setting[1]}", "",
-                  f"Target accuracy {block[0].target:.4g}.", "",
-                  "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 8) + "|"]
+                  f"Target accuracy {block[0].target:.4g}; accuracy measured on the "
+                  f"{splits} split.", "",
+                  "| " + " | ".join(head) + " |",
+                  "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(s, scale)) + " |"
                   for s in block]
         lines.append("")
+    lines += ["## Figures", "", "![accuracy versus simulated time](accuracy_vs_time.png)", ""]
+    if baseline:
+        lines += [f"![speed-up versus {baseline}](speedup.png)", ""]
     lines += [
-        "## Figures", "",
-        "![accuracy versus simulated time](accuracy_vs_time.png)", "",
         "![round durations](round_durations.png)", "", "![kept share](kept_share.png)", "",
         "## Method", "",
         "- Time to target: end time (`t_end_s`) of the first evaluated round whose test "
@@ -427,13 +468,18 @@ def report_md(out: Path, rows: Sequence[Summary], target: float | None,
         f"- Intervals: {CONFIDENCE:.0%} BCa bootstrap over seeds (`scipy.stats.bootstrap`, "
         f"{N_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); the percentile interval where BCa "
         "is undefined (identical values); one seed has no interval (marked *1 seed*).",
-        "- Final and best accuracy: last and highest evaluated test accuracy of a run.",
+        "- Final and best accuracy: last and highest evaluated accuracy of a run, on the "
+        "split the scenario's `eval.split` names (test unless it says validation); "
+        "*min–max* is the range of the final accuracy over the seeds.",
         "- In time: completed updates / selected devices, summed over rounds and seeds.",
         "- Figures: each seed's accuracy is interpolated linearly on a common time grid, "
         "from the time every seed has its first evaluation to the end of the longest run "
         "(a run that has ended keeps its final accuracy); the line is the mean over seeds, "
-        "the band their range (min to max). Round durations are `t_end_s - t_start_s`; "
-        "kept share is each round's `mean_kept_share` (1 = the full model).", ""]
+        "the band their range (min to max). Speed-ups: hatched bars marked ≥ or ≤ are "
+        "bounds (some seeds never reached the target), n/a where there is no ratio. Box "
+        "plots: box = quartiles, whiskers = furthest values within 1.5 IQR, line = median, "
+        "triangle = mean. Round durations are `t_end_s - t_start_s`; kept share is each "
+        "round's `mean_kept_share` (1 = the full model).", ""]
     return "\n".join(lines)
 
 
@@ -465,9 +511,11 @@ def table_tex(rows: Sequence[Summary], baseline: str | None) -> str:
     head = ["Scenario", "Overrides", "Policy", "Target",
             f"Time to target ({unit})", "Reached",
             "Speedup" + (f" vs {tex_escape(baseline)}" if baseline else ""),
-            "Final acc.", "Best acc.", "Rounds", "In time"]
+            "Final acc.", "Final min--max", "Best acc.", "Rounds", "In time"]
     lines = ["% fleetsim report; needs \\usepackage{booktabs}. Intervals: 95% bootstrap "
-             "over seeds.", "\\begin{tabular}{lllrrrrrrrr}", "\\toprule",
+             "over seeds; min--max: range of the final accuracy over seeds; $\\geq$/$\\leq$: "
+             "a speed-up bound (some seeds never reached the target).",
+             "\\begin{tabular}{lllrrrrrrrrr}", "\\toprule",
              " & ".join(head) + " \\\\", "\\midrule"]
     for i, setting in enumerate(_settings(rows)):
         if i:
@@ -480,7 +528,7 @@ def table_tex(rows: Sequence[Summary], baseline: str | None) -> str:
                 ci(s.time_s, tim) if s.time_s.n else "never",
                 f"{s.reached}/{len(s.seeds)}",
                 _speedup(s, lambda x: f"{x:.2f}", _BOUND_TEX, "--"),
-                ci(s.final, acc), ci(s.best, acc), _g(s.rounds),
+                ci(s.final, acc), _range(s, "--"), ci(s.best, acc), _g(s.rounds),
                 "--" if math.isnan(s.in_time_share) else f"{100 * s.in_time_share:.1f}\\%",
             ]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", ""]
@@ -489,101 +537,6 @@ def table_tex(rows: Sequence[Summary], baseline: str | None) -> str:
 
 def _settings(rows: Sequence[Summary]) -> list[tuple[str, str]]:
     return list(dict.fromkeys((s.scenario, s.overrides) for s in rows))
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _grid_axes(n: int) -> tuple[object, list[object]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ncols = min(n, 2)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 3.8 * nrows), dpi=120,
-                             squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def _save(fig: object, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()  # type: ignore[attr-defined]
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def mean_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = GRID_POINTS
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Curves interpolated on a common time grid: (grid, mean, min, max).
-
-    The grid starts when every curve has its first point (nothing is invented before a
-    run's first evaluation) and ends with the longest curve; a run that has ended keeps
-    its final accuracy, which is what that run delivers from then on. None when no curve
-    has a point.
-    """
-    curves = [c for c in curves if c[0].size]
-    if not curves:
-        return None
-    lo = max(float(t[0]) for t, _ in curves)
-    hi = max(float(t[-1]) for t, _ in curves)
-    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
-    # np.interp holds the end values outside a curve's span: the hold described above
-    ys = np.stack([np.interp(grid, t, y) for t, y in curves])
-    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
-
-
-def plot_accuracy_vs_time(path: Path, runs: Sequence[RunData], rows: Sequence[Summary]
-                          ) -> None:
-    settings = _settings(rows)
-    fig, axes = _grid_axes(len(settings))
-    for ax, setting in zip(axes, settings):
-        block = [s for s in rows if (s.scenario, s.overrides) == setting]
-        for i, s in enumerate(block):
-            color = f"C{i % 10}"
-            curves = [r.curve() for r in runs if (r.setting, r.policy) == (setting, s.policy)]
-            band = mean_band(curves)
-            if band is not None:
-                grid, mean, lo, hi = band
-                ax.plot(grid / 3600, mean, color=color, lw=1.6, label=s.policy,
-                        marker="o" if grid.size == 1 else None)
-                ax.fill_between(grid / 3600, lo, hi, color=color, alpha=0.2, lw=0)
-        if math.isfinite(block[0].target):
-            ax.axhline(block[0].target, color="0.4", ls=":", lw=1, label="target")
-        ax.set_title(f"{setting[0]} — {setting[1]}")
-        ax.set_xlabel("simulated time (hours)")
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def plot_distributions(path: Path, runs: Sequence[RunData], rows: Sequence[Summary],
-                       values: Callable[[RunData], np.ndarray], ylabel: str) -> None:
-    """A box per policy of ``values`` pooled over seeds, one panel per setting."""
-    settings = _settings(rows)
-    fig, axes = _grid_axes(len(settings))
-    for ax, setting in zip(axes, settings):
-        policies = [s.policy for s in rows if (s.scenario, s.overrides) == setting]
-        data = []
-        for p in policies:
-            v = np.concatenate([values(r) for r in runs if (r.setting, r.policy) ==
-                                (setting, p)]).astype(float)
-            data.append(v[~np.isnan(v)])
-        ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(policies) + 1), policies, rotation=20, ha="right",
-                      fontsize=8)
-        ax.set_title(f"{setting[0]} — {setting[1]}")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, axis="y")
-    _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -604,18 +557,20 @@ def write_report(out: Path, target: float | None = None, baseline: str | None = 
     if failed.is_file():
         with failed.open(newline="") as f:
             n_failed = sum(1 for _ in csv.DictReader(f))
-    paths = {name: out / name for name in ("summary.csv", "report.md", "table.tex",
-                                           "accuracy_vs_time.png", "round_durations.png",
-                                           "kept_share.png")}
+    names = ["summary.csv", "report.md", "table.tex", "accuracy_vs_time.png",
+             "round_durations.png", "kept_share.png"] + (["speedup.png"] if base else [])
+    paths = {name: out / name for name in names}
     atomic_write_bytes(paths["summary.csv"], summary_csv(rows).encode())
     atomic_write_bytes(paths["report.md"],
                        report_md(out, rows, target, base, n_failed).encode())
     atomic_write_bytes(paths["table.tex"], table_tex(rows, base).encode())
-    plot_accuracy_vs_time(paths["accuracy_vs_time.png"], runs, rows)
-    plot_distributions(paths["round_durations.png"], runs, rows,
-                       lambda r: r.rounds["t_end_s"] - r.rounds["t_start_s"],
-                       "round duration (simulated s)")
-    plot_distributions(paths["kept_share.png"], runs, rows,
-                       lambda r: r.rounds["mean_kept_share"],
-                       "mean kept share per round")
+    save(figure_accuracy_vs_time(runs, rows), paths["accuracy_vs_time.png"])
+    save(figure_distributions(runs, rows, lambda r: r.rounds["t_end_s"] - r.rounds["t_start_s"],
+                              "round duration (simulated s)"), paths["round_durations.png"])
+    save(figure_distributions(runs, rows, lambda r: r.rounds["mean_kept_share"],
+                              "mean kept share per round"), paths["kept_share.png"])
+    if base:
+        save(figure_speedup(rows, base), paths["speedup.png"])
+    else:  # a speed-up figure of an earlier report with a baseline would be stale
+        (out / "speedup.png").unlink(missing_ok=True)
     return list(paths.values())

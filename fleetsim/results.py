@@ -28,6 +28,7 @@ import numpy as np
 from fleetsim._version import __version__
 from fleetsim.config import Scenario
 from fleetsim.engine import STATUS, RunLog
+from fleetsim.timeunits import UNIT_WORDS, pick_time_unit
 
 ROUND_COLUMNS = ("round", "t_start_s", "t_end_s", "selected", "completed", "late", "dropped",
                  "not_needed", "rejected", "too_slow", "stale", "accuracy", "loss",
@@ -105,10 +106,13 @@ def provenance(sc: Scenario, extra: dict[str, Any] | None = None) -> dict[str, A
 
     return {
         "fleetsim_version": __version__, "scenario_text": sc.text(),
-        "scenario_digest": sc.digest(), "seed": sc.seed, "python": sys.version.split()[0],
+        "scenario_digest": sc.digest(), "seed": sc.seed, "eval_split": sc.eval.split,
+        "python": sys.version.split()[0],
         "platform": platform.platform(), "torch": torch.__version__,
         "numpy": np.__version__, "scipy": scipy.__version__, "simpy": simpy.__version__,
-        "h5py": h5py.__version__, **(extra or {}),
+        "h5py": h5py.__version__,
+        # which model settings were the method's defaults and which the scenario's own
+        "method_defaults": list(sc._method_defaults), **(extra or {}),
     }
 
 
@@ -151,7 +155,7 @@ def write_run(out_dir: str | os.PathLike[str], sc: Scenario, log: RunLog,
 def _write_into(out: Path, sc: Scenario, log: RunLog, extra: dict[str, Any] | None) -> None:
     write_rounds_csv(out / "rounds.csv", log.rounds)
     if sc.output.plot:
-        plot_accuracy(out / "accuracy.png", log.rounds, sc.name)
+        plot_accuracy(out / "accuracy.png", log.rounds, sc.name, sc.eval.split)
     h5 = out / DONE_FILE
     tmp = h5.with_name(h5.name + ".tmp")
     with h5py.File(tmp, "w") as f:
@@ -199,21 +203,32 @@ def read_rounds(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return {k: f["rounds"][k][:] for k in f["rounds"]}
 
 
-def plot_accuracy(path: Path, rows: list[dict[str, Any]], title: str) -> None:
-    """Test accuracy versus simulated hours."""
+def read_eval_split(path: str | os.PathLike[str]) -> str:
+    """What a ``run.h5``'s accuracy measured: "test" or "validation" (``eval.split``).
+
+    Runs written before the attribute existed could only evaluate the test set."""
+    with h5py.File(path, "r") as f:
+        v = f.attrs.get("eval_split", "test")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def plot_accuracy(path: Path, rows: list[dict[str, Any]], title: str,
+                  split: str = "test") -> None:
+    """Accuracy (on ``split``) versus simulated time, in a unit that fits the run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r["t_end_s"] / 3600.0, r["accuracy"]) for r in rows
+    unit, scale = pick_time_unit(max((r["t_end_s"] for r in rows), default=0.0))
+    pts = [(r["t_end_s"] / scale, r["accuracy"]) for r in rows
            if not math.isnan(r["accuracy"])]
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     if pts:
         x, y = zip(*pts)
         ax.plot(x, y, marker="o", ms=3, lw=1.5)
-    ax.set_xlabel("simulated time (hours)")
-    ax.set_ylabel("test accuracy")
+    ax.set_xlabel(f"simulated time ({UNIT_WORDS[unit]})")
+    ax.set_ylabel(f"{split} accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -331,6 +331,12 @@ def _resolve_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
                 if k == "plugins" and isinstance(v, list):
                     node[k] = [str(base / x) if x.endswith(".py") and not os.path.isabs(x)
                                else x for x in v]
+                elif k == "factory" and isinstance(v, str) and ".py:" in v:
+                    # model.options.factory: 'file.py:name', the file part a path
+                    file, _, name = v.rpartition(":")
+                    cand = base / file
+                    if not os.path.isabs(file) and (cand.exists() or not Path(file).exists()):
+                        node[k] = f"{cand}:{name}"
                 elif (k in ("file", "calibration", "front", "path", "root")
                         and isinstance(v, str) and v and not os.path.isabs(v)):
                     cand = base / v

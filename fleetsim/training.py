@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fleetsim.config import DataConfig, ModelConfig, OptimizerConfig
 from fleetsim.data import Dataset, Partition, load_dataset, make_partition
+from fleetsim.data.validation import hold_out_validation
 from fleetsim.errors import allowed, input_error
 from fleetsim.nn import DroppableNet, Keep, build_model, select_channels
 from fleetsim.plugins import load_plugins
@@ -86,6 +87,7 @@ class TrainerSettings:
     plugins : plugin files or modules to load in every process that trains
     device : where the model and data live while training: cpu, cuda or auto (cuda if
         available); states handed out (updates, initial state) are always on the CPU
+    eval_split : what :meth:`Trainer.evaluate` measures: test or validation
     """
 
     seed: int
@@ -98,6 +100,7 @@ class TrainerSettings:
     threads: int = 1
     plugins: tuple[str, ...] = ()
     device: str = "cpu"
+    eval_split: str = "test"
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -125,6 +128,8 @@ def to_cpu(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def build_data(data: DataConfig, n_devices: int, seed: int) -> tuple[Dataset, Partition]:
     """The dataset and its partition over ``n_devices`` devices (deterministic)."""
     ds = load_dataset(data.dataset, data.options, data.test_fraction, data.split_seed)
+    # before the partition: no device may train on a validation sample
+    ds = hold_out_validation(ds, data.validation_fraction, data.split_seed)
     part = make_partition(data.partition.name, data.partition.options, ds.y_train.numpy(),
                           n_devices, stream(seed, "partition"), ds.groups)
     return ds, part
@@ -150,21 +155,31 @@ def batch_indices(part: Partition, device: int, round: int, steps: int, batch: i
     """Training-set indices of each mini-batch: passes over a fresh permutation per epoch.
 
     The mini-batches take consecutive runs of ``min(batch, n)`` entries of the stream of
-    permutations. With ``samples`` (``local_epochs``: :func:`epoch_samples`), the stream
-    ends after that many entries, so the last mini-batch may be shorter: with one epoch,
-    every sample of the device is in exactly one mini-batch.
+    permutations. With ``samples`` (``local_epochs``: :func:`epoch_samples`), the epoch's
+    work is ``ceil(samples / b)`` mini-batches and the last of them holds only what is left
+    of ``samples`` (with one epoch, every sample of the device is in exactly one
+    mini-batch). A device that trains on past that work (DISTREAL's ``work: fill``) goes on
+    with full mini-batches from the next entries, as the engine timed them; one that stops
+    before it never reaches the short one.
     """
     own = part.of(device)
     n = len(own)
     b = min(batch, n)
     rng = stream(seed, "batches", round, device)
-    need = steps * b
-    order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
-    if samples is not None and samples < need:
-        if samples <= (steps - 1) * b:
-            raise ValueError(f"{steps} mini-batches of {b} need more than {samples} samples")
-        order = order[:samples]
-    return [own[order[j * b:(j + 1) * b]] for j in range(steps)]
+    starts = [j * b for j in range(steps)]
+    stops = [j * b + b for j in range(steps)]
+    if samples is not None:
+        if samples < 1:
+            raise ValueError(f"an epoch's work must cover at least one sample, not {samples}")
+        planned = -(-samples // b)
+        if planned <= steps and samples % b:
+            # the epoch's last mini-batch is short, and later ones start where it ends
+            stops[planned - 1] = samples
+            for j in range(planned, steps):
+                starts[j], stops[j] = samples + (j - planned) * b, samples + (j - planned + 1) * b
+    need = stops[-1] if steps else 0
+    order = np.concatenate([rng.permutation(n) for _ in range(max(1, -(-need // n)))])
+    return [own[order[lo:hi]] for lo, hi in zip(starts, stops)]
 
 
 #: Evaluation runs the model on slices of at most this many test samples: a fixed size,
@@ -223,6 +238,7 @@ class Trainer:
                                                self.data.num_classes, s.model.options)
         self.model.to(self.device)
         self._on_device: tuple[Dataset, tuple[Tensor, ...]] | None = None
+        self._val_on_device: tuple[Dataset, tuple[Tensor, Tensor]] | None = None
         self.params = dict(self.model.named_parameters())
         self.float_buffers = {k: v for k, v in self.model.named_buffers() if v.is_floating_point()}
         self.mask_names = list(self.params) + list(self.float_buffers)
@@ -240,6 +256,23 @@ class Trainer:
                 d.x_train, d.y_train, d.x_test, d.y_test)))
         x, y, xt, yt = cached[1]
         return x, y, xt, yt
+
+    def eval_data(self) -> tuple[Tensor, Tensor]:
+        """x, y of the split :meth:`evaluate` measures (``eval_split``), on the training
+        device."""
+        if self.settings.eval_split == "test":
+            _, _, x, y = self.device_data()
+            return x, y
+        d = self.data
+        if d.x_val is None or d.y_val is None:
+            raise input_error(None, "eval.split", "validation was asked for, but the data "
+                              "has no validation set", "eval.split: test, or "
+                              "data.validation_fraction > 0")
+        cached = self._val_on_device
+        if cached is None or cached[0] is not d:
+            cached = self._val_on_device = (d, (d.x_val.to(self.device),
+                                                d.y_val.to(self.device)))
+        return cached[1]
 
     def initial_state(self) -> dict[str, Tensor]:
         return to_cpu(self.model.state_dict())
@@ -335,8 +368,7 @@ class Trainer:
             if k in acc and acc[k] is None:
                 continue
             spec = self.model.specs[k]
-            if keep is None or not ((spec.out and spec.out in keep)
-                                    or (spec.inp and spec.inp in keep)):
+            if keep is None or not spec.cut_by(keep):
                 acc[k] = None
                 continue
             m = acc.get(k)
@@ -350,26 +382,28 @@ class Trainer:
         return full
 
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:
-        """Test accuracy and mean loss of the global model.
+        """Accuracy and mean loss of the global model on the ``eval_split`` (test or
+        validation).
 
         With ``bn_stats: static`` the model's batch-norm statistics are first recomputed
         (:meth:`static_bn`); the global ``state`` itself is not changed.
         """
-        n = len(self.data.y_test)
-        return score(self.eval_logits(state, eval_slices(n)), self.data.y_test,
+        _, y = self.eval_data()
+        return score(self.eval_logits(state, eval_slices(len(y))), y,
                      self.settings.eval_batch_size)
 
     @torch.no_grad()
     def eval_logits(self, state: Mapping[str, Tensor],
                     slices: Sequence[tuple[int, int]]) -> list[Tensor]:
-        """The model's outputs (on the CPU) on test samples ``lo:hi`` of each slice.
+        """The model's outputs (on the CPU) on samples ``lo:hi`` of the ``eval_split``,
+        per slice.
 
         The model always sees the same slices (:func:`eval_slices`), wherever and
         however they are shared out, so a split evaluation gives the same bits."""
         self.load(state)
         self.static_bn()
         self.model.eval()
-        _, _, x, _ = self.device_data()
+        x, _ = self.eval_data()
         return [self.model(x[lo:hi]).to("cpu") for lo, hi in slices]
 
     def static_bn(self) -> None:

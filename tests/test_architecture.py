@@ -76,13 +76,14 @@ def test_no_import_cycle() -> None:
 
 
 RUNNER = ("fleetsim.build", "fleetsim.api", "fleetsim.batch", "fleetsim.cli",
-          "fleetsim.cli_batch", "fleetsim.cli_traces")
+          "fleetsim.cli_batch", "fleetsim.cli_traces", "fleetsim.choose")
 LOADER = ("fleetsim.scenario",)
 
 
 @pytest.mark.parametrize("src, forbidden", [
     ("fleetsim.policies", ("fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.dse", ("fleetsim.engine", *RUNNER, *LOADER)),
+    ("fleetsim.dse_proxy", ("fleetsim.engine", "fleetsim.policies", *RUNNER, *LOADER)),
     ("fleetsim.server.aggregation", ("fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.training", ("fleetsim.server", "fleetsim.engine", *RUNNER, *LOADER)),
     ("fleetsim.batched", ("fleetsim.server", "fleetsim.engine", *RUNNER, *LOADER)),
@@ -105,7 +106,8 @@ def test_the_check_can_fail() -> None:
 
 
 @pytest.mark.parametrize("module", ["fleetsim.engine", "fleetsim.training", "fleetsim.backends",
-                                    "fleetsim.dse", "fleetsim.batched"])
+                                    "fleetsim.dse", "fleetsim.dse_proxy",
+                                    "fleetsim.batched"])
 def test_parts_take_settings_not_the_scenario(module: str) -> None:
     """The engine, trainer, backends and DSE never see a whole Scenario."""
     path = PKG / (module.removeprefix("fleetsim.").replace(".", "/") + ".py")

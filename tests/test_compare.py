@@ -22,6 +22,7 @@ from fleetsim.batch import (
     safe_name,
     split_top,
 )
+from fleetsim.build import load_scenario
 from fleetsim.cli import main
 from fleetsim.errors import UserError
 
@@ -101,6 +102,38 @@ def test_grid_expansion_and_folders() -> None:
     # the scenario's own policy when --policies is not given; "default" without axes
     (only,) = expand_grid([TINY], None, "3", []).cells
     assert only.rel_dir == "tiny/fedavg/default/seed-3"
+
+
+def test_a_dotted_policy_option_sets_a_scenario_key_for_that_policy_only() -> None:
+    g = expand_grid([TINY], "fedavg:training.optimizer.lr=0.2,fedprox", "0", [])
+    by_label = {c.policy.label: c for c in g.cells}
+    assert set(by_label) == {"fedavg@lr=0.2", "fedprox"}
+    lr = {label: load_scenario(TINY, c.set_args(g.base_policy[TINY])).training.optimizer.lr
+          for label, c in by_label.items()}
+    default_lr = load_scenario(TINY).training.optimizer.lr
+    assert default_lr != 0.2
+    assert lr == {"fedavg@lr=0.2": 0.2, "fedprox": default_lr}
+    # the dotted key is a scenario key, not a policy option
+    assert "policy.options.training.optimizer.lr=0.2" not in by_label[
+        "fedavg@lr=0.2"].set_args("fedavg")
+    with pytest.raises(UserError, match="unknown key"):
+        expand_grid([TINY], "fedavg:training.nope=1", "0", [])
+
+
+def test_a_baseline_is_found_at_its_tuned_setting() -> None:
+    from fleetsim.batch import policy_of_label
+    from fleetsim.report import resolve_baseline
+
+    spec = PolicySpec.parse("fedavg:stragglers=wait;training.optimizer.lr=0.1")
+    assert spec.label == "fedavg+stragglers=wait@lr=0.1"
+    assert policy_of_label(spec.label) == "fedavg+stragglers=wait"
+    tuned = ["fedavg@lr=0.05", "fedavg+stragglers=wait@lr=0.1", "fedprox@lr=0.02"]
+    assert resolve_baseline(None, tuned) == "fedavg@lr=0.05"
+    assert resolve_baseline("fedavg:stragglers=wait", tuned) == spec.label
+    assert resolve_baseline("fedavg", ["fedavg", *tuned]) == "fedavg"  # exact name first
+    assert resolve_baseline(None, ["fedprox@lr=0.02"]) is None
+    with pytest.raises(UserError, match="not a policy of this batch"):
+        resolve_baseline("fedavg", ["fedavg@lr=0.05", "fedavg@lr=0.1"])  # ambiguous
 
 
 @pytest.mark.parametrize(("argv", "match"), [

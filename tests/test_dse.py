@@ -14,7 +14,8 @@ from fleetsim.dse import Evaluator, non_dominated, read_front, write_front
 from tests.conftest import TINY
 
 DSE = ["model.options.hidden=[16,16]", "dse.population=6", "dse.generations=2",
-       "dse.budget_steps=3", "dse.warmup_steps=5", "dse.grid=[0.0,0.25,0.5,0.75]"]
+       "dse.budget_steps=3", "dse.warmup_steps=5", "dse.grid=[0.0,0.25,0.5,0.75]",
+       "dse.repeats=2"]
 
 
 def scenario(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
@@ -77,7 +78,8 @@ def test_cache_avoids_recomputation_and_file_round_trip(tmp_path: Path,
     assert back.groups == front.groups
     np.testing.assert_array_equal(back.vectors, front.vectors)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    assert back.meta["baseline_proxy"] > 0
+    assert back.meta["warm_loss"] > 0
+    np.testing.assert_array_equal(back.spread, front.spread)
 
 
 def test_cached_values_come_from_the_file(tmp_path: Path,
@@ -89,9 +91,11 @@ def test_cached_values_come_from_the_file(tmp_path: Path,
     (path,) = (tmp_path / "cache").glob("dse-*.json")
     cached = json.loads(path.read_text())
     assert len(cached) == len(ev["macs"])
-    fake = {k: 50.0 + i for i, k in enumerate(sorted(cached))}
+    fake = {k: {"excess": [50.0 + i, 52.0 + i], "diverged": False}
+            for i, k in enumerate(sorted(cached))}
     path.write_text(json.dumps(fake))
-    by_vector = {tuple(float(x) for x in k.split(",")): v for k, v in fake.items()}
+    by_vector = {tuple(float(x) for x in k.split(",")): 51.0 + i
+                 for i, k in enumerate(sorted(fake))}
 
     counted = _Counting(monkeypatch)
     _, ev2 = run_dse(sc, progress=False)
@@ -110,7 +114,7 @@ def test_cached_values_come_from_the_file(tmp_path: Path,
     other = scenario(tmp_path, "dse.workers=1", "dse.budget_steps=4")
     _, ev3 = run_dse(other, progress=False)
     assert len(counted.vectors) - before == len(ev3["macs"])  # nothing from the other file
-    assert not set(ev3["proxy"].tolist()) & set(fake.values())
+    assert not set(ev3["proxy"].tolist()) & set(by_vector.values())
     assert len(list((tmp_path / "cache").glob("dse-*.json"))) == 2
 
 
@@ -132,3 +136,93 @@ def test_missing_front_file_is_a_user_error(tmp_path: Path,
                  "--set", "policy.options.front=nofront.h5"])
     err = capsys.readouterr().err
     assert code == 2 and "nofront.h5" in err and "Traceback" not in err
+
+
+def _diverge_at_high_rates(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Training with a rate >= 0.5 in the first group diverges: NaN weights, or weights
+    blown up to a finite but exploding loss. Those are the cheapest vectors, which a
+    search without the divergence rule puts on the front (nothing is cheaper)."""
+    import math
+
+    import fleetsim.training as training
+
+    real = training.Trainer.train
+
+    def train(self, state, job):  # type: ignore[no-untyped-def]
+        res = real(self, state, job)
+        if job.vectors[0][0] >= 0.5:
+            for k, v in res.update.state.items():
+                if v.is_floating_point() and "weight" in k:
+                    v.mul_(math.nan if how == "nan" else 1e3)
+        return res
+
+    monkeypatch.setattr(training.Trainer, "train", train)
+
+
+@pytest.mark.parametrize("how", ["nan", "explode"])
+def test_diverged_candidate_is_never_on_the_front(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  how: str) -> None:
+    _diverge_at_high_rates(monkeypatch, how)
+    front, ev = run_dse(scenario(tmp_path, "dse.workers=1"), progress=False)
+    bad = ev["vectors"][:, 0] >= 0.5
+    assert bad.any() and (~bad).any()
+    np.testing.assert_array_equal(ev["feasible"], ~bad)
+    assert np.isnan(ev["proxy"][bad]).all() and np.isnan(ev["spread"][bad]).all()
+    assert np.isfinite(ev["proxy"][~bad]).all()
+    assert len(front.macs) and (front.vectors[:, 0] < 0.5).all()
+    assert front.meta["diverged"] == int(bad.sum())
+    # the front is still every feasible point's non-dominated set
+    for c, p in zip(ev["macs"][~bad], ev["proxy"][~bad]):
+        assert ((front.macs <= c) & (front.proxy <= p)).any()
+    # the file keeps them as infeasible points; the plot draws them apart from the front
+    write_front(tmp_path / "f.h5", front, ev)
+    back = read_front(tmp_path / "f.h5")
+    assert (back.vectors[:, 0] < 0.5).all()
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_full_network_is_evaluated_with_proxy_zero(tmp_path: Path) -> None:
+    # the d = 0 vector seeds the search (uniform vectors do) and is its own reference
+    front, ev = run_dse(scenario(tmp_path, "dse.workers=1"), progress=False)
+    full = ~ev["vectors"].any(axis=1)
+    assert full.sum() == 1 and ev["proxy"][full][0] == 0.0 and ev["spread"][full][0] == 0.0
+    assert ev["macs"][full][0] == ev["macs"].max()
+    assert len(front.meta["reference_losses"]) == 2 and front.meta["streams"] == [1, 2]
+
+
+@pytest.mark.parametrize("change", ["dse.repeats=3", "dse.budget_steps=4",
+                                    "dse.warmup_steps=6", "dse.val_fraction=0.3",
+                                    "dse.seed=1", "eval.batch_size=7",
+                                    "model.options.rescale=false", "training.optimizer.lr=0.2"])
+def test_digest_follows_what_changes_the_proxy(tmp_path: Path, change: str) -> None:
+    from fleetsim.build import dse_job
+    from fleetsim.dse import settings_digest
+
+    base = settings_digest(dse_job(scenario(tmp_path)))
+    assert settings_digest(dse_job(scenario(tmp_path, change))) != base
+    for same in ("dse.workers=3", "dse.population=8", "dse.generations=5", "seed=4"):
+        assert settings_digest(dse_job(scenario(tmp_path, same))) == base, same
+
+
+def test_digest_follows_the_proxy_version(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import fleetsim.dse as dse
+    from fleetsim.build import dse_job
+
+    job = dse_job(scenario(tmp_path))
+    base = dse.settings_digest(job)
+    monkeypatch.setattr(dse, "PROXY_VERSION", dse.PROXY_VERSION + 1)
+    assert dse.settings_digest(job) != base
+
+
+def test_a_run_evaluating_on_the_validation_split_gets_the_same_front(tmp_path: Path) -> None:
+    """A learning-rate sweep (eval.split: validation) needs the DSE too: its proxy uses the
+    DSE's own validation samples, so the front equals that of the same data evaluated on
+    the test split (and never reads data.validation_fraction's samples)."""
+    held = ["data.validation_fraction=0.2", "dse.workers=1"]
+    a, ev_a = run_dse(scenario(tmp_path / "a", *held, "eval.split=validation"),
+                      progress=False)
+    b, ev_b = run_dse(scenario(tmp_path / "b", *held), progress=False)
+    np.testing.assert_array_equal(ev_a["proxy"], ev_b["proxy"])
+    np.testing.assert_array_equal(a.vectors, b.vectors)

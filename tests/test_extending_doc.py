@@ -88,3 +88,32 @@ def test_selector_example_and_error_messages(tmp_path: Path, monkeypatch: pytest
     assert main(["run", yaml_file, *rest, "--set", "policy.name=busy-dropuot"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "'policy.name'" in err and "busy-dropout" in err and "fedavg" in err
+
+
+def model_blocks() -> tuple[dict[str, str], str]:
+    """The guide's user-network files, by name, and their run command."""
+    text = DOC.read_text()
+    fence = r"\n```[a-z]*\n(.*?)\n```"
+    files = dict(re.findall(r"<!-- model-file: (\S+) -->" + fence, text, re.S))
+    runs = re.findall(r"<!-- model-run -->" + fence, text, re.S)
+    assert len(runs) == 1 and {"tiny_resnet.py", "tiny_resnet.yaml"} <= set(files)
+    return files, runs[0]
+
+
+def test_user_network_example_runs_as_written(tmp_path: Path) -> None:
+    files, command = model_blocks()
+    for name, body in files.items():
+        (tmp_path / name).write_text(body + "\n")
+    argv = shlex.split(command)
+    assert argv[:2] == ["fleetsim", "run"]
+    done = subprocess.run(fleetsim_command() + argv[1:] + ["--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader((tmp_path / "runs" / "tiny-resnet" / "rounds.csv").open()))
+    assert len(rows) == 2
+    # the groups the guide names: the residual ties conv2 to the stem
+    from fleetsim.nn import build_model
+
+    model = build_model("user", (1, 8, 8), 10, {"factory": f"{tmp_path}/tiny_resnet.py:make_net"})
+    assert [g.name for g in model.groups] == ["stem", "conv1"]
+    assert model.specs["net.conv2.weight"].out == "stem"

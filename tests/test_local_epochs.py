@@ -188,3 +188,54 @@ def test_distreal_static_fits_the_devices_own_step_count(tmp_path) -> None:  # t
     v = vec(20)  # twice the work: a cheaper vector
     assert v is not None and COSTS.step_macs(v, 16) * 20 <= deadline * 5e8
     assert COSTS.step_macs(v, 16) < full
+
+
+def test_batch_indices_past_the_epoch_go_on_with_full_batches() -> None:
+    """work: fill trains past the epoch: the epoch's last mini-batch stays short and the
+    ones after it are full, taking the next entries of the device's sample stream."""
+    sc = load_scenario(None, text=TWO_DEVICES.replace("EPOCHS", "1"))
+    part = build(sc).backend.trainer.partition  # type: ignore[union-attr]
+    own = part.of(0)
+    n, b = len(own), 16
+    planned, short = math.ceil(n / b), n - (math.ceil(n / b) - 1) * b
+    assert 0 < short < b
+    got = batch_indices(part, 0, 1, planned + 3, b, sc.seed, samples=n)
+    assert [len(x) for x in got] == [b] * (planned - 1) + [short] + [b] * 3
+    # the same entries, in the same order, as one run of the stream (no gap, no repeat)
+    stream_order = np.concatenate(batch_indices(part, 0, 1, planned + 4, b, sc.seed))
+    np.testing.assert_array_equal(np.concatenate(got), stream_order[:n + 3 * b])
+    # stopping before the epoch's end never reaches the short one
+    early = batch_indices(part, 0, 1, planned - 1, b, sc.seed, samples=n)
+    assert [len(x) for x in early] == [b] * (planned - 1)
+
+
+def test_work_fill_past_the_epoch_trains_the_mini_batches_it_was_timed_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every completed update's MACs (what its time was computed from) equal the MACs of
+    the mini-batches the trainer really cut for it."""
+    from fleetsim.training import Trainer
+
+    text = TWO_DEVICES.replace("EPOCHS", "1").replace("deadline_s: null", "deadline_s: 0.002")
+    sc = load_scenario(None, ["policy.name=uniform-adaptive", "policy.options.work=fill",
+                              "policy.options.useful_only=false",
+                              "policy.options.rates=[0.0]"], text=text)
+    built = build(sc)
+    trained: dict[tuple[int, int], int] = {}
+    orig = Trainer.train
+
+    def spy(self: Trainer, state, job):  # type: ignore[no-untyped-def]
+        sizes = [len(x) for x in batch_indices(self.partition, job.device, job.round,
+                                               job.steps, self.batch, self.seed, job.samples)]
+        trained[(job.round, job.device)] = sum(built.engine.costs.step_macs(None, s)
+                                               for s in sizes)
+        return orig(self, state, job)
+
+    monkeypatch.setattr(Trainer, "train", spy)
+    log = built.engine.run()
+    n = [int(x) for x in built.engine.n_samples]
+    past = 0
+    for o in log.timeline:
+        assert o.status == "completed"
+        assert trained[(o.round, o.device)] == pytest.approx(o.macs, rel=1e-12)
+        past += o.steps > math.ceil(n[o.device] / 16)
+    assert past >= 2  # the deadline let devices train past their epoch

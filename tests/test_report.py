@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from fleetsim.report import (
     default_target,
     mean_band,
     mean_ci,
+    report_md,
     resolve_baseline,
     summarise,
+    summary_csv,
+    table_tex,
     tex_escape,
     time_to_target,
 )
@@ -27,7 +31,7 @@ TINY = str(ROOT / "scenarios" / "tiny.yaml")
 POLICIES = ("fedavg", "fedavg+stragglers=wait")
 SEEDS = (0, 1)
 OUTPUTS = ("summary.csv", "report.md", "table.tex", "accuracy_vs_time.png",
-           "round_durations.png", "kept_share.png")
+           "round_durations.png", "kept_share.png", "speedup.png")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,7 @@ def by_hand(out: Path, target: float) -> dict[str, dict[str, object]]:
             comp += sum(int(r["completed"]) for r in rows)
         reached = [t for t in times if t is not None]
         res[p] = {"time": sum(reached) / len(reached) if reached else math.nan,
+                  "final_min": min(finals), "final_max": max(finals),
                   # for speed-ups: a seed that never reached the target counts with the
                   # end of its run (a lower bound on its time)
                   "censored_time": sum(ends) / len(ends), "censored": len(reached) < len(ends),
@@ -99,6 +104,9 @@ def test_time_to_accuracy_matches_hand_computation(batch: Path, target: float,
         assert int(row["reached"]) == hand[p]["reached"]
         assert row["never_reached_seeds"] == hand[p]["never"]
         assert same(num(row["final_accuracy"]), hand[p]["final"])  # type: ignore[arg-type]
+        assert num(row["final_accuracy_min"]) == hand[p]["final_min"]
+        assert num(row["final_accuracy_max"]) == hand[p]["final_max"]
+        assert row["eval_split"] == "test"
         assert same(num(row["in_time_share"]), hand[p]["in_time"])  # type: ignore[arg-type]
         assert num(row["rounds"]) == 4
         if int(row["reached"]):
@@ -207,3 +215,38 @@ def test_tex_escape() -> None:
     assert tex_escape("a_b&c%") == r"a\_b\&c\%"
     with pytest.raises(UserError):
         summarise([fake_run("x", 0, [1], [0.5])], target=0.0)
+
+
+def test_table_gives_final_accuracy_range_over_seeds() -> None:
+    runs = [fake_run("fedavg", s, [10, 20], [0.5, a]) for s, a in enumerate((0.8, 0.6, 0.7))]
+    runs += [fake_run("one", 0, [10, 20], [0.5, 0.9])]
+    fed, one = summarise(runs, 0.7)
+    assert fed.final_range == (0.6, 0.8) and fed.final.mean == pytest.approx(0.7)
+    md = report_md(Path("out"), [fed, one], 0.7, "fedavg", 0)
+    line = next(ln for ln in md.splitlines() if ln.startswith("| fedavg"))
+    assert "| 0.600–0.800 |" in line
+    assert "Final accuracy, min–max" in md and "measured on the test split" in md
+    one_line = next(ln for ln in md.splitlines() if ln.startswith("| one"))
+    assert "0.900–0.900" not in one_line  # one seed has no range
+    tex = table_tex([fed, one], "fedavg")
+    assert "0.600--0.800" in tex and "Final min--max" in tex
+    assert all(ln.count("&") == 11 for ln in tex.splitlines() if ln.endswith("\\\\"))
+    rows = list(csv.DictReader(io.StringIO(summary_csv([fed, one]))))
+    assert (rows[0]["final_accuracy_min"], rows[0]["final_accuracy_max"]) == ("0.6", "0.8")
+
+
+def test_report_says_which_split_was_evaluated(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    assert main(["compare", TINY, "--policies", "fedprox", "--seeds", "0", "--out", str(out),
+                 "--quiet", "--set", "training.rounds=1", "--set",
+                 "data.validation_fraction=0.2", "--set", "eval.split=validation"]) == 0
+    (out / "speedup.png").write_bytes(b"old")
+    assert main(["report", str(out)]) == 0
+    (row,) = read_summary(out).values()
+    assert row["eval_split"] == "validation"
+    assert "measured on the validation split" in (out / "report.md").read_text()
+    # no baseline (no fedavg, none given): no speed-up figure, and no stale one left
+    assert not (out / "speedup.png").exists()
+    assert "speedup.png" not in (out / "report.md").read_text()
+    assert main(["report", str(out), "--baseline", "fedprox"]) == 0
+    assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"

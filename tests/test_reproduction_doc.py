@@ -23,3 +23,39 @@ def test_reproduction_commands_name_real_policies_and_scenarios() -> None:
     names = line.split('"')[1].split(",")
     assert {n.split(":")[0] for n in names} <= set(POLICIES.names())
     assert (REPO / "scenarios" / "paper" / "mnist.yaml").is_file()
+
+
+def test_tables_give_range_bounds_split_and_one_seed_times(tmp_path: Path) -> None:
+    """The study's tables from a summary.csv that `fleetsim report` writes today: the
+    final accuracy's min-max over seeds, ≥/≤ on speed-up bounds, the evaluated split, and
+    no [x, x] interval for a time only one seed gave."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from check_reproduction import tables
+    finally:
+        sys.path.pop(0)
+    import numpy as np
+
+    from fleetsim.report import RunData, summarise, summary_csv
+
+    def run(policy: str, seed: int, t: list[float], acc: list[float], o: str) -> RunData:
+        n = len(t)
+        return RunData("mnist", policy, o, seed, {
+            "round": np.arange(n), "t_start_s": np.concatenate([[0.0], t[:-1]]),
+            "t_end_s": np.array(t, float), "accuracy": np.array(acc, float),
+            "selected": np.full(n, 3), "completed": np.full(n, 2),
+            "mean_kept_share": np.ones(n)})
+
+    o = "fleet.traces.options.mean_dwell_s=5"
+    runs = [run("fedavg", s, [40, 80], [0.7, 0.8], o) for s in range(3)]
+    runs += [run("distreal", s, [20, 80], [0.7, a], o) for s, a in enumerate((0.9, 0.6, 0.75))]
+    runs += [run("fjord", 0, [30, 80], [0.7, 0.8], o)]
+    runs += [run("fjord", s, [30, 80], [0.5, 0.6], o) for s in (1, 2)]
+    summary = tmp_path / "summary.csv"
+    summary.write_text(summary_csv(summarise(runs, 0.7)))
+    text = tables(summary)
+    assert "(target accuracy 0.7, test split)" in text and "min–max over seeds" in text
+    line = {ln.split(" | ")[0][2:]: ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "| 0.600–0.900 |" in line["distreal"] and "| 2.00 |" in line["distreal"]
+    assert "0.5 (1 seed)" in line["fjord"] and "[0.5, 0.5]" not in line["fjord"]
+    assert f"| ≤{40 / ((30 + 80 + 80) / 3):.2f} |" in line["fjord"]

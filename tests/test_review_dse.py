@@ -22,7 +22,7 @@ from tests.conftest import TINY
 
 DSE = ["model.options.hidden=[16,16]", "dse.population=6", "dse.generations=2",
        "dse.budget_steps=3", "dse.warmup_steps=5", "dse.grid=[0.0,0.25,0.5,0.75]",
-       "dse.workers=1"]
+       "dse.workers=1", "dse.repeats=2"]
 
 
 def scenario(cache: Path, *extra: str) -> Scenario:
@@ -57,7 +57,8 @@ def test_front_does_not_depend_on_the_run_seed(tmp_path: Path) -> None:
     b, _ = run_dse(scenario(tmp_path / "b", "seed=1"), progress=False)
     np.testing.assert_array_equal(a.proxy, b.proxy)
     np.testing.assert_array_equal(a.vectors, b.vectors)
-    assert a.meta["baseline_proxy"] == b.meta["baseline_proxy"]
+    assert a.meta["warm_loss"] == b.meta["warm_loss"]
+    assert a.meta["reference_losses"] == b.meta["reference_losses"]
 
 
 def test_cached_front_follows_the_cost_settings(tmp_path: Path) -> None:
@@ -79,15 +80,19 @@ def test_cached_front_follows_the_cost_settings(tmp_path: Path) -> None:
 
 
 def _write_front(path: Path, vectors: np.ndarray, macs: np.ndarray, proxy: np.ndarray,
-                 groups: list[list[object]]) -> None:
+                 groups: list[list[object]], spread: np.ndarray | None = None,
+                 version: int | None = 2) -> None:
     with h5py.File(path, "w") as f:
         g = f.create_group("front")
         g.create_dataset("vectors", data=vectors)
         g.create_dataset("macs", data=macs)
         g.create_dataset("proxy", data=proxy)
+        g.create_dataset("spread", data=np.zeros_like(proxy) if spread is None else spread)
         f.attrs["format"] = "fleetsim-front"
+        if version is not None:
+            f.attrs["version"] = version
         f.attrs["groups"] = json.dumps(groups)
-        f.attrs["meta"] = json.dumps({"baseline_proxy": 2.0})
+        f.attrs["meta"] = json.dumps({"warm_loss": 2.0})
 
 
 GROUPS = [["h0", 16], ["h1", 16]]
@@ -99,13 +104,30 @@ GROUPS = [["h0", 16], ["h1", 16]]
     (np.zeros((2, 3)), np.ones(2), np.ones(2), "shape"),
     (np.zeros((2, 2)), np.ones(3), np.ones(2), "macs"),
     (np.zeros((2, 2)), np.ones(2), np.array([1.0, np.nan]), "proxy"),
+    (np.zeros((2, 2)), np.ones(2), np.ones(2), "spread"),
     (np.array([[0.0, 0.5], [1.0, 0.0]]), np.ones(2), np.ones(2), "rates"),
 ])
 def test_front_file_with_wrong_shapes_is_a_user_error(tmp_path: Path, vectors: np.ndarray,
                                                       macs: np.ndarray, proxy: np.ndarray,
                                                       problem: str) -> None:
     path = tmp_path / "front.h5"
-    _write_front(path, vectors, macs, proxy, GROUPS)
+    # the "spread" case: one spread is negative (the others' spreads are zeros)
+    spread = np.array([0.1, -0.1]) if problem == "spread" else None
+    _write_front(path, vectors, macs, proxy, GROUPS, spread)
     with pytest.raises(UserError, match=problem) as e:
         read_front(path)
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("version", [None, 1, 3])
+def test_front_of_another_proxy_version_is_a_user_error(tmp_path: Path,
+                                                        version: int | None) -> None:
+    # a version-1 file (no attribute) holds validation losses, not excess losses: read as
+    # excess losses they would all count as far worse than the full network
+    path = tmp_path / "old.h5"
+    _write_front(path, np.zeros((1, 2)), np.ones(1), np.ones(1), GROUPS, version=version)
+    with pytest.raises(UserError, match="proxy version") as e:
+        read_front(path)
+    assert str(path) in str(e.value) and "fleetsim dse" in str(e.value)
+    _write_front(path, np.zeros((1, 2)), np.ones(1), np.ones(1), GROUPS, version=2)
+    assert read_front(path).spread.tolist() == [0.0]

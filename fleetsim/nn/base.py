@@ -75,6 +75,28 @@ class ParamSpec:
     out: str | None = None
     inp: str | None = None
     inp_repeat: int = 1
+    #: instead of ``inp``: dim 1 reads a concatenation, ``(group or None, channels)`` per
+    #: part in order (None: a part nothing drops); each channel owns ``inp_repeat`` columns
+    inp_parts: tuple[tuple[str | None, int], ...] = ()
+
+    def cut_by(self, keep: Keep) -> bool:
+        """Whether sub-network ``keep`` cuts this tensor."""
+        return (self.out in keep or self.inp in keep
+                or any(g in keep for g, _ in self.inp_parts))
+
+    def in_index(self, keep: Keep) -> Tensor | None:
+        """Kept columns' channels of dim 1 (None: all), for sub-network ``keep``."""
+        if not self.inp_parts:
+            return keep.get(self.inp) if self.inp else None
+        cut = [keep[g] for g, _ in self.inp_parts if g in keep]
+        if not cut:
+            return None
+        pieces, offset = [], 0
+        for g, c in self.inp_parts:
+            idx = keep[g] if g in keep else torch.arange(c, device=cut[0].device)
+            pieces.append(idx + offset)
+            offset += c
+        return torch.cat(pieces)
 
 
 def _cut(t: Tensor, out_idx: Tensor | None, in_idx: Tensor | None, repeat: int) -> Tensor:
@@ -214,6 +236,13 @@ class DroppableNet(nn.Module):
                 size = self.group_channels[g] * (spec.inp_repeat if dim == 1 else 1)
                 if t.shape[dim] != size:
                     raise TypeError(f"{name}: dim {dim} has {t.shape[dim]}, group {g} needs {size}")
+            if spec.inp_parts:
+                bad = [g for g, c in spec.inp_parts if g is not None and (
+                    g not in names or self.group_channels[g] != c)]
+                size = sum(c for _, c in spec.inp_parts) * spec.inp_repeat
+                if spec.inp is not None or bad or t.shape[1] != size:
+                    raise TypeError(f"{name}: inp_parts {spec.inp_parts} (x{spec.inp_repeat}) "
+                                    f"do not fit dim 1 of {t.shape[1]} (or inp is also set)")
 
     # -- forward ----------------------------------------------------------------------
 
@@ -260,7 +289,9 @@ class DroppableNet(nn.Module):
 
     def _slice(self, name: str, t: Tensor) -> Tensor:
         spec = self.specs[name]
-        out_idx, in_idx = self._idx(spec.out), self._idx(spec.inp)
+        out_idx = self._idx(spec.out)
+        in_idx = (None if self._keep is None or self._masked
+                  else spec.in_index(self._keep))
         if out_idx is None and in_idx is None:
             return t
         if self._leaves is not None:
@@ -274,8 +305,7 @@ class DroppableNet(nn.Module):
 
     def _indices(self, name: str, keep: Keep) -> tuple[Tensor | None, Tensor | None]:
         spec = self.specs[name]
-        return (keep.get(spec.out) if spec.out else None,
-                keep.get(spec.inp) if spec.inp else None)
+        return keep.get(spec.out) if spec.out else None, spec.in_index(keep)
 
     def cut(self, name: str, t: Tensor, keep: Keep) -> Tensor:
         """The elements of ``t`` (shaped like tensor ``name``) that sub-network ``keep``

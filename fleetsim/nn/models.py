@@ -25,7 +25,9 @@ Width = Annotated[int, Field(ge=1)]
 class ModelOptions(StrictNumbers):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     rescale: bool = Field(True, description="scale kept activations by 1/(1-d) in training "
-                          "(inverted dropout), so train and eval see the same expected size")
+                          "(inverted dropout), so train and eval see the same expected "
+                          "size; a method may bring its own default: docs/policies.md, "
+                          "'Defaults of each method'")
 
 
 BnStats = Literal["running", "batch", "static"]
@@ -36,8 +38,8 @@ def bn_stats_field() -> Any:
                  "training, used at test; PyTorch's default), batch (batch statistics in "
                  "training and at test, none tracked: SLT's track_running_stats=False), "
                  "static (batch statistics in training; before each evaluation recomputed "
-                 "by the full model over the whole training set: HeteroFL's sBN); see "
-                 "docs/policies.md")
+                 "by the full model over the whole training set: HeteroFL's sBN); a method "
+                 "may bring its own default: docs/policies.md, 'Defaults of each method'")
 
 
 def add_bn(owner: DroppableNet, parent: nn.Module, attr: str, name: str, channels: int,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetsim.costs import CostModel
 from fleetsim.errors import UserError
+from fleetsim.policies.defaults import ModelDefault
 from fleetsim.registry import Registry
 
 Vector = tuple[float, ...]
@@ -142,6 +143,9 @@ class Policy:
     Options: ClassVar[type[PolicyOptions]] = PolicyOptions
     #: one line for listings
     summary: ClassVar[str] = ""
+    #: model options this method sets unless the scenario does, each with its source
+    #: (applied by :func:`fleetsim.build.load_scenario`; see :mod:`fleetsim.policies.defaults`)
+    model_defaults: ClassVar[tuple[ModelDefault, ...]] = ()
 
     def __init__(self, options: PolicyOptions, ctx: PolicyContext) -> None:
         self.options = options

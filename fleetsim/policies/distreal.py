@@ -43,6 +43,17 @@ from fleetsim.policies.base import (
     StepObservation,
     Vector,
 )
+from fleetsim.policies.defaults import ModelDefault
+
+#: DISTREAL's own code is not public; a co-author's SLT code (k1l1/SLT) is the nearest
+#: source for how its group trains sub-networks with batch norm. All three policies of the
+#: family share these, so they share one DSE front too.
+DISTREAL_DEFAULTS = (
+    ModelDefault("bn_stats", "batch", "not in the DISTREAL paper; k1l1/SLT (code of "
+                 "co-author K. Pfeiffer): every BatchNorm2d has track_running_stats=False "
+                 "(nets/SLTNets/resnet_cifar.py), so batch statistics in training and at "
+                 "test", batch_norm_only=True),
+)
 
 
 class AdaptiveOptions(PolicyOptions):
@@ -59,11 +70,14 @@ class AdaptiveOptions(PolicyOptions):
 class CandidatePolicy(Policy):
     """Choose, per mini-batch, the best-ranked candidate vector that fits the time left.
 
+    Model defaults: ``DISTREAL_DEFAULTS``.
+
     Subclasses provide ``candidates``: vectors ordered from best convergence (first) to
     cheapest (last), with strictly decreasing cost.
     """
 
     Options: ClassVar[type[PolicyOptions]] = AdaptiveOptions
+    model_defaults = DISTREAL_DEFAULTS
     candidates: list[Vector]
 
     def _step_s(self, vec: Vector, obs: StepObservation) -> float:
@@ -132,8 +146,9 @@ class Distreal(CandidatePolicy):
     class Options(AdaptiveOptions):
         front: str | None = Field(None, description="front file from `fleetsim dse`; default: "
                                   "computed from the scenario's dse settings and cached")
-        useful_only: bool = Field(True, description="use only front vectors whose proxy beats "
-                                  "the warm start's (training with them improved the model)")
+        useful_only: bool = Field(True, description="use only useful front vectors: no worse "
+                                  "than the full network by more than their spread over "
+                                  "the DSE's repeats")
 
     def __init__(self, options: PolicyOptions, ctx: PolicyContext) -> None:
         super().__init__(options, ctx)
@@ -156,11 +171,14 @@ def front_candidates(path: str | None, useful_only: bool, ctx: PolicyContext) ->
 
 
 def front_vectors(front: Front, useful_only: bool) -> tuple[list[Vector], list[float]]:
-    """The front's vectors and proxies; with ``useful_only``, those that beat the warm start
-    (the full network always qualifies, so the list is never empty)."""
-    base = front.meta.get("baseline_proxy", math.inf) if useful_only else math.inf
-    out = [(tuple(float(x) for x in v), float(p)) for v, p in zip(front.vectors, front.proxy)
-           if p < base or not any(v)]
+    """The front's vectors and proxies; with ``useful_only``, the useful ones
+    (:func:`fleetsim.dse.useful`: no worse than the full network by more than their spread;
+    the full network always qualifies, so the list is never empty)."""
+    from fleetsim.dse import useful
+
+    keep = useful(front) if useful_only else [True] * len(front.proxy)
+    out = [(tuple(float(x) for x in v), float(p))
+           for v, p, k in zip(front.vectors, front.proxy, keep) if k]
     if not out:
         best = int(min(range(len(front.proxy)), key=lambda i: front.proxy[i]))
         out = [(tuple(float(x) for x in front.vectors[best]), float(front.proxy[best]))]
@@ -183,8 +201,8 @@ class UniformAdaptive(CandidatePolicy):
     least dropout that fits, chosen the same way at run time (per mini-batch).
 
     With ``useful_only`` (default) it keeps, like ``distreal``, only the rates whose
-    uniform vector beat the warm start in the DSE (every uniform vector is evaluated: they
-    seed the search), so both policies draw on the same information.
+    uniform vector was useful in the DSE (every uniform vector is evaluated: they seed the
+    search), so both policies draw on the same information.
     """
 
     summary = "DISTREAL's run-time rule over uniform vectors (same rate in every layer)"
@@ -194,7 +212,7 @@ class UniformAdaptive(CandidatePolicy):
                                          min_length=1, description="dropout rates to choose "
                                          "from")
         useful_only: bool = Field(True, description="keep only rates whose uniform vector "
-                                  "beat the warm start in the DSE (needs the front)")
+                                  "was useful in the DSE, as for distreal (needs the front)")
         front: str | None = Field(None, description="front file (default: computed and "
                                   "cached, as for distreal); used only with useful_only")
 
@@ -211,16 +229,17 @@ class UniformAdaptive(CandidatePolicy):
 
 
 def useful_uniform_rates(path: str, rates: list[float], ctx: PolicyContext) -> list[float]:
-    """Rates whose uniform vector's DSE proxy beat the warm start (rate 0 always stays)."""
-    from fleetsim.dse import read_evaluated, read_front
+    """Rates whose uniform vector was useful in the DSE (:func:`fleetsim.dse.is_useful`;
+    diverged ones never are; rate 0 always stays)."""
+    from fleetsim.dse import is_useful, read_evaluated, read_front
 
     front = read_front(path)
     check_front_groups(front.groups, ctx, path)
     ev = read_evaluated(path)
-    base = front.meta.get("baseline_proxy", math.inf)
-    proxy = {round(float(v[0]), 6): float(p) for v, p in zip(ev["vectors"], ev["proxy"])
-             if len(set(v.tolist())) == 1}
-    return [r for r in rates if r == 0.0 or proxy.get(round(r, 6), math.inf) < base]
+    good = is_useful(ev["proxy"], ev["spread"], ev["vectors"]) & ev["feasible"]
+    ok = {round(float(v[0]), 6): bool(g) for v, g in zip(ev["vectors"], good)
+          if len(set(v.tolist())) == 1}
+    return [r for r in rates if r == 0.0 or ok.get(round(r, 6), False)]
 
 
 @POLICIES.register("distreal-static")
@@ -232,6 +251,7 @@ class DistrealStatic(Policy):
     (per class and step count, the same rule)."""
 
     summary = "one DSE front vector per device class, fixed for the run"
+    model_defaults = DISTREAL_DEFAULTS
 
     class Options(PolicyOptions):
         front: str | None = Field(None, description="front file (default: computed and "

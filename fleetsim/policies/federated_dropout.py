@@ -6,6 +6,7 @@ import numpy as np
 from pydantic import Field
 
 from fleetsim.policies.base import POLICIES, Assignment, Policy, PolicyContext, PolicyOptions
+from fleetsim.policies.defaults import ModelDefault
 
 
 class FederatedDropoutOptions(PolicyOptions):
@@ -26,12 +27,20 @@ class FederatedDropout(Policy):
     of every droppable layer (input and output layers stay whole) and sends that smaller
     dense sub-model. Device: trains it, with the same channels all round, and uploads only
     the sub-model; the server averages each element over the devices that held it.
-    Lossy compression of the transfers (the paper's other half) is not modelled.
+    Lossy compression of the transfers (the paper's other half) is not modelled. Model
+    default: no rescaling (the sub-model is an ordinary smaller network).
     """
 
     Options = FederatedDropoutOptions
     summary = "a random sub-model at one fixed rate per device and round"
     options: FederatedDropoutOptions
+    model_defaults = (
+        ModelDefault("rescale", False, "Caldas et al. 2018 Sec. 2 (Federated Dropout): "
+                     "the server sends a smaller dense sub-model that the client "
+                     "trains as is, with no "
+                     "rescaling of activations (no official code; k1l1/SLT's "
+                     "algorithms/fd.py re-implementation has no scaler either)"),
+    )
 
     def __init__(self, options: FederatedDropoutOptions, ctx: PolicyContext) -> None:
         super().__init__(options, ctx)

@@ -6,7 +6,8 @@ import numpy as np
 from pydantic import Field
 
 from fleetsim.policies.base import POLICIES, Assignment, Policy, PolicyContext, PolicyOptions
-from fleetsim.policies.widths import Width, class_widths, drop_vector
+from fleetsim.policies.defaults import ModelDefault
+from fleetsim.policies.widths import Rounding, Width, class_widths, drop_vector, rounding_field
 
 
 class HeteroFLOptions(PolicyOptions):
@@ -18,6 +19,8 @@ class HeteroFLOptions(PolicyOptions):
                                       "(HeteroFL's a..e): the largest whose mini-batch MACs, "
                                       "relative to the full model, are at most the class's "
                                       "peak speed relative to the fastest class")
+    rounding: Rounding = rounding_field("ceil", "HeteroFL's (fed.py, split_model: "
+                                        "int(np.ceil(output_size * scaler_rate)))")
 
 
 @POLICIES.register("heterofl")
@@ -31,19 +34,34 @@ class HeteroFL(Policy):
     *leading* ``r`` share of the channels of every layer (sub-models are nested). Device:
     trains that sub-model all round and uploads it; each element is averaged over the
     devices whose sub-model covers it (HeteroFL's code weights clients equally; fleetsim
-    weights by samples). HeteroFL's scaler (1/r in training) is the model's ``rescale``
-    option; its static batch norm and ``dynamic`` width mode are not modelled.
+    weights by samples). Model defaults (``model_defaults``): the scaler (1/r in
+    training, ``rescale``) and static batch norm (sBN, ``bn_stats: static``), as
+    HeteroFL's code; the kept count is ``ceil(r C)``. Its ``dynamic`` width mode is not
+    modelled.
     """
 
     Options = HeteroFLOptions
     summary = "fixed width per device class, leading channels"
     options: HeteroFLOptions
     mode = "ordered"
+    model_defaults = (
+        ModelDefault("rescale", True, "HeteroFL paper Sec. 3, 'Scaler'; code: "
+                     "models/conv.py and models/resnet.py put modules.Scaler (input / "
+                     "rate in training) after each convolution "
+                     "when control 'scale' is 1 (the README's MNIST example)"),
+        ModelDefault("bn_stats", "static", "HeteroFL paper Sec. 3, 'Static Batch Normalization'; "
+                     "code: BatchNorm2d(track_running_stats=False) in training, "
+                     "train_classifier_fed.py stats() recomputes the global model's "
+                     "statistics (track=True, momentum=None) on the training data before "
+                     "each test", batch_norm_only=True),
+    )
 
     def __init__(self, options: HeteroFLOptions, ctx: PolicyContext) -> None:
         super().__init__(options, ctx)
-        self.widths = class_widths(ctx, options.widths, options.levels, "policy.options.widths")
-        self.submodels = tuple(drop_vector(len(ctx.groups), w) for w in self.widths)
+        self.widths = class_widths(ctx, options.widths, options.levels,
+                                   "policy.options.widths", options.rounding)
+        self.submodels = tuple(drop_vector(ctx.groups, w, options.rounding)
+                               for w in self.widths)
 
     def offset(self, round: int) -> int:
         """Start of the kept channels (the leading ones here)."""

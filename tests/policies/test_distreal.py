@@ -38,12 +38,19 @@ def front_file(tmp_path: Path, dominated: bool = True) -> Path:
         vecs.append((0.0, 0.0, 0.5, 0.75))
         proxy.append(0.95)
     macs = [COSTS.step_macs(v, 16) for v in vecs]
+    # spreads at least the proxies: every point is useful (within noise of d = 0)
     f = Front(GROUPS, np.array(vecs), np.array(macs), np.array(proxy),
-              {"baseline_proxy": 5.0, "full_macs": macs[0]})
+              {"full_macs": macs[0]}, np.ones(len(vecs)))
     p = tmp_path / "front.h5"
-    write_front(p, f, {"vectors": np.array(vecs), "macs": np.array(macs),
-                       "proxy": np.array(proxy)})
+    write_front(p, f, evaluated(vecs, macs, proxy, [1.0] * len(vecs)))
     return p
+
+
+def evaluated(vecs: list[tuple[float, ...]], macs: object, proxy: object,
+              spread: object) -> dict[str, np.ndarray]:
+    """The evaluated points of a front file: all feasible."""
+    return {"vectors": np.array(vecs), "macs": np.array(macs), "proxy": np.array(proxy),
+            "spread": np.array(spread), "feasible": np.ones(len(vecs), bool)}
 
 
 def obs(avail: float, time_left: float, step: int = 0, peak: float = 1e8,
@@ -102,14 +109,14 @@ def test_fill_mode_trains_while_a_step_fits(tmp_path: Path) -> None:
     assert pol.decide(obs(1.0, step_s((0.75,) * 4, 1.0) * 0.5, step=50)) == STOP
 
 
-def test_useful_only_drops_vectors_worse_than_the_warm_start(tmp_path: Path) -> None:
+def test_useful_only_drops_vectors_worse_than_their_spread(tmp_path: Path) -> None:
+    # useful: excess loss over d = 0 no more than its spread over the DSE's repeats
     vecs = [(0.0,) * 4, (0.5,) * 4, (0.75,) * 4]
     macs = [COSTS.step_macs(v, 16) for v in vecs]
-    f = Front(GROUPS, np.array(vecs), np.array(macs), np.array([0.3, 0.5, 9.0]),
-              {"baseline_proxy": 1.0})
+    proxy, spread = np.array([0.0, 0.05, 0.5]), np.array([0.0, 0.05, 0.2])
+    f = Front(GROUPS, np.array(vecs), np.array(macs), proxy, {}, spread)
     p = tmp_path / "f2.h5"
-    write_front(p, f, {"vectors": np.array(vecs), "macs": np.array(macs),
-                       "proxy": np.array([0.3, 0.5, 9.0])})
+    write_front(p, f, evaluated(vecs, macs, proxy, spread))
     assert Distreal(Distreal.Options(front=str(p)), ctx()).candidates == vecs[:2]
     allv = Distreal(Distreal.Options(front=str(p), useful_only=False), ctx())
     assert allv.candidates == vecs
@@ -164,13 +171,16 @@ def test_front_for_other_model_is_rejected(tmp_path: Path, name: str,
     assert code == 2 and "was made for groups" in err and "Traceback" not in err
 
 
-def test_uniform_adaptive_keeps_only_rates_that_beat_the_warm_start(tmp_path: Path) -> None:
+def test_uniform_adaptive_keeps_only_useful_rates(tmp_path: Path) -> None:
     vecs = [(d,) * 4 for d in (0.0, 0.25, 0.5, 0.75)]
-    proxy = np.array([0.3, 0.4, 0.6, 9.0])
+    proxy = np.array([0.0, 0.1, 0.6, np.nan])
+    spread = np.array([0.0, 0.1, 0.2, np.nan])
     macs = np.array([COSTS.step_macs(v, 16) for v in vecs])
-    f = Front(GROUPS, np.array(vecs[:2]), macs[:2], proxy[:2], {"baseline_proxy": 0.5})
+    f = Front(GROUPS, np.array(vecs[:2]), macs[:2], proxy[:2], {}, spread[:2])
     p = tmp_path / "f3.h5"
-    write_front(p, f, {"vectors": np.array(vecs), "macs": macs, "proxy": proxy})
+    ev = evaluated(vecs, macs, proxy, spread)
+    ev["feasible"][3] = False  # diverged in the DSE: never useful
+    write_front(p, f, ev)
     opts = UniformAdaptive.Options(rates=(0.0, 0.25, 0.5, 0.75), front=str(p))
     assert UniformAdaptive(opts, ctx()).candidates == [(0.0,) * 4, (0.25,) * 4]
     loose = UniformAdaptive.Options(rates=(0.0, 0.25, 0.5, 0.75), front=str(p),

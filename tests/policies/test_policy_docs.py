@@ -71,3 +71,38 @@ def test_every_policy_cites_its_paper() -> None:
         assert re.search(r"(19|20)\d\d", doc) and "Server" in doc, name
     for name in SELECTOR_NAMES[1:]:
         assert re.search(r"20\d\d", SELECTORS.get(name).__doc__ or ""), name
+
+
+# ----------------------------------------------------------------- defaults of each method
+
+#: every built-in method (the DISTREAL family included): each is in the defaults table
+METHODS = (*POLICY_NAMES, "distreal", "uniform-adaptive", "distreal-static")
+
+
+def defaults_rows() -> dict[tuple[str, str], str]:
+    """(method, setting) -> default, from the table of '## Defaults of each method'."""
+    text = section("Defaults of each method")
+    rows = {}
+    for m in re.finditer(r"^\| `([\w-]+)` \| ([^|]+?) \| ([^|]+?) \| [^|]+ \|", text, re.M):
+        rows[(m.group(1), m.group(2).strip())] = m.group(3).strip()
+    assert len(rows) > 20, "the defaults table was not read"
+    return rows
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_defaults_table_matches_the_class(name: str) -> None:
+    cls = POLICIES.get(name)
+    rows = defaults_rows()
+    assert any(m == name for m, _ in rows), f"{name} has no row in the defaults table"
+    declared = {f"`model.options.{d.option}`": as_yaml(d.value) for d in cls.model_defaults}
+    documented = {s: v for (m, s), v in rows.items()
+                  if m == name and s.startswith("`model.options.")}
+    # every default the class applies is documented with its value, and no row documents
+    # one the class does not apply
+    assert documented == {k: f"`{v}`" for k, v in declared.items()}
+    for d in cls.model_defaults:
+        assert d.source.strip(), f"{name}: default {d.option} has no source"
+    for (m, s), v in rows.items():
+        if m == name and s.startswith("`policy.options."):
+            option = s.strip("`").removeprefix("policy.options.")
+            assert v == f"`{as_yaml(cls.Options.model_fields[option].default)}`", (name, s)

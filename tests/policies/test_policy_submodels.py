@@ -134,7 +134,8 @@ def test_fedrolex_offsets_reach_the_engine() -> None:
 
 def test_fjord_widths_never_exceed_the_class_maximum() -> None:
     ctx = context(peaks=(1e6, 5e5, 1e5), names=("a", "b", "c"))
-    p = FjORD(FjORDOptions(max_width={"b": 0.6, "c": 0.3}), ctx)
+    # nearest: every group at exactly the width (ceil, the default, is tested apart)
+    p = FjORD(FjORDOptions(max_width={"b": 0.6, "c": 0.3}, rounding="nearest"), ctx)
     assert p.max_widths == (1.0, 0.6, 0.3)
     rng = np.random.default_rng(0)
     for cls, allowed in enumerate([{0.2, 0.4, 0.6, 0.8, 1.0}, {0.2, 0.4, 0.6}, {0.2}]):
@@ -156,7 +157,8 @@ def test_fjord_stops_after_local_steps_and_through_the_engine() -> None:
     p = FjORD(FjORDOptions(max_width={"slow": 0.4}), ctx)
     a = p.assign(0, 0, 1, np.random.default_rng())
     assert p.decide(observe(ctx, 1, a, step=5)).vector is None
-    log = run("fjord", {"max_width": {"slow": 0.4}}, ("training.deadline_s=null",))
+    log = run("fjord", {"max_width": {"slow": 0.4}, "rounding": "nearest"},
+              ("training.deadline_s=null",))
     slow = [o for o in log.timeline if o.job is not None and o.device >= 5]
     assert slow
     for o in slow:
