@@ -41,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
+IID = "{name: iid}"
 
 SCENARIO = """
 name: vs-flower
@@ -48,7 +49,7 @@ seed: 0
 data:
   dataset: mnist5k
   test_fraction: 0.2
-  partition: {{name: iid}}
+  partition: {partition}
 model: {{arch: mcmahan_cnn}}
 fleet:
   devices: {clients}
@@ -65,9 +66,9 @@ training:
   batch_size: {batch}
   optimizer: {{lr: {lr}, momentum: 0.0}}
   backend: pool
-  workers: 2
+  workers: {workers}
 eval:
-  every_rounds: {rounds}
+  every_rounds: {eval_every}
 output: {{plot: false}}
 """
 
@@ -154,7 +155,8 @@ def flower_child(cfg: dict[str, Any]) -> None:
     accuracy: dict[int, float] = {}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round not in (1, cfg["rounds"]):  # as fleetsim: after the first and last
+        # as fleetsim: after every eval_every-th round from the first on, and the last
+        if (server_round - 1) % cfg["eval_every"] and server_round != cfg["rounds"]:
             return None
         d = _data(path)
         model = _plain_mcmahan()
@@ -188,6 +190,17 @@ def flower_child(cfg: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- harness
+
+
+def workload(*, rounds: int = 20, steps: int = 10, batch: int = 32, partition: str = IID,
+             eval_every: int | None = None, workers: int = 2) -> dict[str, Any]:
+    """The FedAvg workload both sides run (100 clients, 10 a round, SGD lr 0.05):
+    ``partition`` as fleetsim's YAML, evaluation every ``eval_every`` rounds (None:
+    after the first and the last), fleetsim's pool ``workers``."""
+    return {"clients": 100, "per_round": 10, "rounds": rounds, "steps": steps,
+            "batch": batch, "lr": 0.05, "seed": 0, "partition": partition,
+            "eval_every": eval_every or rounds, "workers": workers}
+
 
 
 def prepare(cfg: dict[str, Any], work: Path) -> Path:
@@ -269,8 +282,7 @@ def main() -> None:
         return
     import csv
 
-    cfg = {"clients": 100, "per_round": 10, "rounds": args.rounds, "steps": args.steps,
-           "batch": args.batch, "lr": 0.05, "seed": 0}
+    cfg = workload(rounds=args.rounds, steps=args.steps, batch=args.batch)
     with tempfile.TemporaryDirectory(prefix="fleetsim-vs-flower-") as tmp:
         work = Path(tmp)
         scenario = prepare(cfg, work)

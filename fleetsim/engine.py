@@ -28,7 +28,7 @@ import numpy as np
 import simpy
 import torch
 
-from fleetsim.backends import Backend
+from fleetsim.backends import Backend, Evaluation
 from fleetsim.callbacks import Callback
 from fleetsim.config import ServerConfig
 from fleetsim.costs import CostModel
@@ -229,6 +229,7 @@ class Engine:
         r = 0
         idle = 0
         last_eval = -1
+        pending: tuple[dict[str, Any], Evaluation | None] | None = None  # a row to finish
         while not self._done(r):
             t_start = env.now
             plan = self.policy.plan(r, k)
@@ -277,29 +278,49 @@ class Engine:
             self._close(outcomes, t_end, cutoff, plan.keep)
             done = [o for o in outcomes if o.status == "completed"]
             losses = self._aggregate(done)
+            # the last round's evaluation ran in the backend beside this round's training
+            self._settle(pending)
+            pending = None
             yield env.timeout(cfg.server_time_s)
-            acc = loss = math.nan
+            evaluation = None
             if self.backend is not None and (r % cfg.eval_every_rounds == 0
                                              or self._done(r + 1)):
-                acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
+                evaluation = self.backend.start_evaluation(self.state)  # type: ignore[arg-type]
                 last_eval = r
             done = [o for o in outcomes if o.status == "completed"]  # without the rejected
-            row = self._row(r, t_start, t_end, outcomes, done, acc, loss, losses)
+            row = self._row(r, t_start, t_end, outcomes, done, math.nan, math.nan, losses)
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
+            # Selectors learn from training losses and times, never from the evaluation,
+            # so the next round's schedule need not wait for it.
             if self._learns:
                 self.selector.feedback([
                     DeviceReport(o.device, r, o.status,
                                  o.need_s if o.status == "too_slow" else o.t_end - t_start,
                                  losses.get(o.device, math.nan), o.steps,
                                  int(self.n_samples[o.device])) for o in outcomes])
-            for cb in self.callbacks:
-                cb.on_round_end(row)
+            pending = (row, evaluation)
+            if evaluation is None or not evaluation.pending:
+                self._settle(pending)  # nothing to wait for: tell the callbacks now
+                pending = None
             r += 1
+        self._settle(pending)
         if self.backend is not None and last_eval != r - 1 and self.log.rounds:
             # the run ended by its time budget after a round that was not evaluated
             acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
             self.log.rounds[-1].update(accuracy=acc, loss=loss)
+
+    def _settle(self, pending: tuple[dict[str, Any], Evaluation | None] | None) -> None:
+        """Finish a round's row: its evaluation's figures, then the callbacks hear of it.
+
+        Callbacks only observe, so telling them a round late changes no result."""
+        if pending is None:
+            return
+        row, evaluation = pending
+        if evaluation is not None:
+            row["accuracy"], row["loss"] = evaluation.result()
+        for cb in self.callbacks:
+            cb.on_round_end(row)
 
     # ------------------------------------------------------------------ async server
 

@@ -10,7 +10,7 @@ which elements it trained.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,6 +194,34 @@ def batch_indices(part: Partition, device: int, round: int, steps: int, batch: i
     return [own[order[lo:hi]] for lo, hi in zip(starts, stops)]
 
 
+#: Evaluation runs the model on slices of at most this many test samples: a fixed size,
+#: so that a backend may share the slices out among its workers and still give the bits
+#: of one process (a slice is the unit of work; see :meth:`Trainer.eval_logits`).
+EVAL_SLICE = 100
+
+
+def eval_slices(n: int) -> list[tuple[int, int]]:
+    """The ``(lo, hi)`` slices, in order, that evaluation runs ``n`` test samples in."""
+    return [(lo, min(lo + EVAL_SLICE, n)) for lo in range(0, n, EVAL_SLICE)]
+
+
+def score(logits: Sequence[Tensor], y: Tensor, batch: int) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the concatenated ``logits`` against ``y``.
+
+    The loss is summed per evaluation mini-batch of ``batch`` samples, in order, so the
+    sum -- and its bits -- do not depend on how the logits were computed."""
+    out = torch.cat(list(logits))
+    y = y.to(out.device)
+    if len(out) != len(y):
+        raise ValueError(f"{len(out)} outputs for {len(y)} test samples")
+    correct, loss = 0, 0.0
+    for lo in range(0, len(y), batch):
+        o, t = out[lo:lo + batch], y[lo:lo + batch]
+        loss += float(F.cross_entropy(o, t, reduction="sum"))
+        correct += int((o.argmax(1) == t).sum())
+    return correct / len(y), loss / len(y)
+
+
 class Trainer:
     """Model, data and optimiser settings of one process.
 
@@ -365,7 +393,6 @@ class Trainer:
             full = False
         return full
 
-    @torch.no_grad()
     def evaluate(self, state: Mapping[str, Tensor]) -> tuple[float, float]:
         """Accuracy and mean loss of the global model on the ``eval_split`` (test or
         validation).
@@ -373,17 +400,23 @@ class Trainer:
         With ``bn_stats: static`` the model's batch-norm statistics are first recomputed
         (:meth:`static_bn`); the global ``state`` itself is not changed.
         """
+        _, y = self.eval_data()
+        return score(self.eval_logits(state, eval_slices(len(y))), y,
+                     self.settings.eval_batch_size)
+
+    @torch.no_grad()
+    def eval_logits(self, state: Mapping[str, Tensor],
+                    slices: Sequence[tuple[int, int]]) -> list[Tensor]:
+        """The model's outputs (on the CPU) on samples ``lo:hi`` of the ``eval_split``,
+        per slice.
+
+        The model always sees the same slices (:func:`eval_slices`), wherever and
+        however they are shared out, so a split evaluation gives the same bits."""
         self.load(state)
         self.static_bn()
         self.model.eval()
-        correct, loss = 0, 0.0
-        x, y = self.eval_data()
-        bs = self.settings.eval_batch_size
-        for lo in range(0, len(y), bs):
-            out = self.model(x[lo:lo + bs])
-            loss += float(F.cross_entropy(out, y[lo:lo + bs], reduction="sum"))
-            correct += int((out.argmax(1) == y[lo:lo + bs]).sum())
-        return correct / len(y), loss / len(y)
+        x, _ = self.eval_data()
+        return [self.model(x[lo:hi]).to("cpu") for lo, hi in slices]
 
     def static_bn(self) -> None:
         """With ``bn_stats: static`` (HeteroFL's sBN), set the loaded model's batch-norm

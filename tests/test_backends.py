@@ -18,7 +18,7 @@ import torch
 from fleetsim.backends import Pool
 from fleetsim.build import backend_settings, build, load_scenario, trainer_settings
 from fleetsim.cli import main
-from fleetsim.training import Trainer, build_data
+from fleetsim.training import Trainer, UpdateJob, build_data
 from tests.conftest import TINY
 
 # digits + MLP, 4 rounds of 3 devices; its slow class misses the deadline at times, so the
@@ -160,3 +160,116 @@ def test_pool_shares_the_dataset_instead_of_copying_it() -> None:
         assert all(v.is_shared() for v in backend.shared.values())
     finally:
         backend.close()
+
+
+# --------------------------------------------------------------------------- small rounds
+
+# The shape of issue 17's workload, tiny: Dirichlet split, a few short rounds with no
+# deadline on devices always online, evaluation after every round in evaluation batches
+# (150) that the evaluation slices (100) do not divide, over 359 test digits
+SMALL_ROUNDS = [
+    "data.partition={name: dirichlet, options: {alpha: 0.5}}", "fleet.devices=12",
+    "fleet.traces.options={levels: [1.0], mean_offline_s: 0}", "training.deadline_s=null",
+    "training.clients_per_round=4", "training.local_steps=2", "training.batch_size=10",
+    "training.optimizer={lr: 0.05, momentum: 0.0}", "eval.every_rounds=1",
+    "eval.batch_size=150"]
+
+
+def test_pool_gives_the_in_process_bits_on_small_rounds_evaluated_every_round() -> None:
+    want = _run_small()
+    assert len(want[0]) == 4 and all(0.0 < r["accuracy"] <= 1.0 for r in want[0])
+    for workers in ("1", "2"):
+        _assert_same(_run_small("training.backend=pool", f"training.workers={workers}"),
+                     want)
+
+
+def test_split_evaluation_scores_the_whole_test_set_as_plain_pytorch_does() -> None:
+    import torch.nn.functional as F
+
+    rows, state = _run_small("training.backend=pool", "training.workers=2")
+    sc = load_scenario(SCENARIO, SMALL_ROUNDS)
+    t = Trainer(trainer_settings(sc))
+    x, y = t.data.x_test, t.data.y_test
+    assert len(y) == 359  # four slices, the last one short; three evaluation batches
+    t.load(state)
+    t.model.eval()
+    with torch.no_grad():
+        out = t.model(x)  # all 360 at once
+    assert rows[-1]["accuracy"] == float((out.argmax(1) == y).double().mean())
+    assert rows[-1]["loss"] == pytest.approx(float(F.cross_entropy(out, y)), rel=1e-6)
+
+
+def _run_small(*backend: str) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    built = build(load_scenario(SCENARIO, [*SMALL_ROUNDS, *backend]))
+    try:
+        log = built.engine.run()
+    finally:
+        assert built.backend is not None
+        built.backend.close()
+    assert built.engine.state is not None
+    return log.rounds, {k: v.clone() for k, v in built.engine.state.items()}
+
+
+def test_pool_evaluates_in_its_workers_not_in_the_main_process(monkeypatch: Any) -> None:
+    def refuse(*_: Any) -> None:
+        raise AssertionError("evaluated in the main process")
+
+    # the workers start from a clean forkserver process: the patch reaches only this one
+    monkeypatch.setattr(Trainer, "eval_logits", refuse)
+    rows, _ = _run_small("training.backend=pool", "training.workers=2")
+    assert all(0.0 < r["accuracy"] <= 1.0 for r in rows)
+
+
+def test_pool_does_not_overwrite_a_model_that_an_evaluation_still_reads() -> None:
+    sc = load_scenario(SCENARIO, [*SMALL_ROUNDS, "training.backend=pool",
+                                  "training.workers=2"])
+    backend = Pool(trainer_settings(sc), backend_settings(sc))
+    try:
+        a = backend.initial_state()
+        want = backend.trainer.evaluate(a)
+        b = {k: torch.zeros_like(v) for k, v in a.items()}  # scores differently
+        assert backend.trainer.evaluate(b) != want
+        ev = backend.start_evaluation(a)
+        assert ev.pending
+        job = UpdateJob(0, 0, 1.0, ((),), (0,))
+        trained = list(backend.train(b, [job]))  # a different model, while a is evaluated
+        assert ev.result() == want
+        # and the job trained from b, not a
+        assert trained[0].update.state.keys() == a.keys()
+        assert backend.trainer.train(b, job).loss_sum == trained[0].loss_sum
+    finally:
+        backend.close()
+
+
+def test_pool_left_in_the_middle_of_a_round_still_trains_the_next() -> None:
+    """Trained states come back in shared slots (two per worker); a round whose results
+    are not all taken (an error in the engine) must give its slots back, or the next
+    round would wait for ever."""
+    import threading
+
+    sc = load_scenario(SCENARIO, [*SMALL_ROUNDS, "training.backend=pool",
+                                  "training.workers=1"])
+    backend = Pool(trainer_settings(sc), backend_settings(sc))
+    th = threading.Thread()
+    try:
+        state = backend.initial_state()
+        jobs = [UpdateJob(d, 0, 1.0, ((),), (0, 0)) for d in range(6)]  # 3x the slots
+        first = backend.train(state, jobs)
+        next(first)
+        first.close()  # abandoned after one result
+        got: list[Any] = []
+        th = threading.Thread(target=lambda: got.extend(backend.train(state, jobs)),
+                              daemon=True)
+        th.start()
+        th.join(timeout=60)
+        assert not th.is_alive(), "the pool waits for result slots that never come free"
+        for job, res in zip(jobs, got, strict=True):
+            want = backend.trainer.train(state, job)
+            assert res.update.device == job.device and res.loss_sum == want.loss_sum
+            assert all(torch.equal(res.update.state[k], v) for k, v in
+                       want.update.state.items())
+    finally:
+        if th.is_alive():
+            backend.pool.terminate()  # stuck workers would never join
+        else:
+            backend.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,56 @@ def test_fleet_that_never_comes_online_is_a_clear_error(write_trace_file, tmp_pa
                  "--set", "training.idle_wait_s=1e6", "--quiet"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "no device was online" in err and "Traceback" not in err
+
+
+def test_round_is_evaluated_beside_the_next_rounds_training_and_told_after_it() -> None:
+    """A backend whose evaluations are pending: the engine takes round r's result only
+    after training round r+1, and the callbacks hear of round r, accuracy included,
+    only then (and in order)."""
+    from fleetsim.backends import Evaluation, InProcess
+    from fleetsim.callbacks import Callback
+
+    events: list[tuple[str, int, float]] = []
+
+    class Later(Evaluation):
+        pending = True
+
+        def __init__(self, backend: Recording, r: int, state: dict) -> None:
+            self.backend, self.r, self.state = backend, r, state
+
+        def result(self) -> tuple[float, float]:
+            events.append(("result", self.r, math.nan))
+            return self.backend.trainer.evaluate(self.state)
+
+    class Recording(InProcess):
+        evals = 0
+        trains = 0
+
+        def start_evaluation(self, state: dict) -> Evaluation:
+            events.append(("start", self.evals, math.nan))
+            self.evals += 1
+            return Later(self, self.evals - 1, state)
+
+        def train(self, state, jobs):  # type: ignore[no-untyped-def]
+            events.append(("train", self.trains, math.nan))
+            self.trains += 1
+            yield from super().train(state, jobs)
+
+    class Told(Callback):
+        def on_round_end(self, row: dict) -> None:
+            events.append(("told", row["round"], row["accuracy"]))
+
+    sc = load_scenario(None, text=TINY, overrides=[
+        "training.deadline_s=null", "fleet.traces.options={levels: [1.0], mean_offline_s: 0}"])
+    want = build(sc).engine.run().rounds
+    built = build(sc, callbacks=[Told()])
+    built.engine.backend = Recording(built.backend.settings, trainer=built.backend.trainer)
+    rows = built.engine.run().rounds
+    assert rows == want  # the same figures as evaluating at once
+    assert [e[:2] for e in events] == [
+        ("train", 0), ("start", 0),
+        ("train", 1), ("result", 0), ("told", 0), ("start", 1),
+        ("train", 2), ("result", 1), ("told", 1), ("start", 2),
+        ("result", 2), ("told", 2)]
+    told = [e[2] for e in events if e[0] == "told"]
+    assert told == [r["accuracy"] for r in want] and not any(map(math.isnan, told))
