@@ -49,6 +49,13 @@ def _range(row: dict[str, str]) -> str:
     return "–" if math.isnan(lo) else f"{lo:.3f}–{hi:.3f}"
 
 
+def _order(label: str) -> int:
+    """Position of a policy label in the tables; ``fedavg@lr=0.1`` (the policy at its
+    tuned learning rate) sorts as ``fedavg``."""
+    name = label.partition("@")[0]
+    return POLICY_ORDER.index(name) if name in POLICY_ORDER else len(POLICY_ORDER)
+
+
 BOUND = {"": "", ">=": "≥", "<=": "≤"}  # a speed-up over seeds that did not all reach it
 
 
@@ -71,7 +78,7 @@ def tables(summary: Path) -> str:
                 "final accuracy [95% CI] | " + ("final accuracy, min–max over seeds | "
                                                 if ranged else "") + "in time |",
                 "|---|---:|---:|---:|---:|" + ("---:|" if ranged else "") + "---:|"]
-        for p in sorted(sub, key=lambda p: POLICY_ORDER.index(p) if p in POLICY_ORDER else 99):
+        for p in sorted(sub, key=_order):
             r = sub[p]
             sp = _num(r, "speedup")
             mark = BOUND[r.get("speedup_bound", "")]

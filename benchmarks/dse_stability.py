@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--scenario", default=str(ROOT / "scenarios/paper/mnist.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override a scenario key, e.g. dse.repeats=4")
+    ap.add_argument("--policy", default="distreal", help="the front's user, whose model "
+                    "defaults (e.g. bn_stats) the DSE's model is built with, as in its runs "
+                    "(default distreal; the scenario's own policy may be a baseline)")
     ap.add_argument("--candidates", type=int, default=36)
     ap.add_argument("--workers", type=int, help="processes (default dse.workers)")
     ap.add_argument("--list", action="store_true", help="print every candidate's proxies")
@@ -66,7 +69,9 @@ def main(argv: list[str] | None = None) -> float:
     from fleetsim.dse import ProxyPool, is_useful
     from fleetsim.dse_proxy import Evaluator
 
-    sc = load_scenario(args.scenario, args.overrides)
+    sc = load_scenario(args.scenario, [f"policy.name={args.policy}", "policy.options={}",
+                                       *args.overrides])
+    print(f"model as {args.policy} builds it: {sc.model.arch} {sc.model.options}")
     job = dse_job(sc)
     cfg = job.dse
     workers = args.workers or cfg.workers
