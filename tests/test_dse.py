@@ -12,6 +12,7 @@ from fleetsim.build import load_scenario, run_dse
 from fleetsim.cli import main
 from fleetsim.dse import Evaluator, non_dominated, read_front, write_front
 from tests.conftest import TINY
+from tests.test_dse_proxy import break_training
 
 DSE = ["model.options.hidden=[16,16]", "dse.population=6", "dse.generations=2",
        "dse.budget_steps=3", "dse.warmup_steps=5", "dse.grid=[0.0,0.25,0.5,0.75]",
@@ -138,32 +139,11 @@ def test_missing_front_file_is_a_user_error(tmp_path: Path,
     assert code == 2 and "nofront.h5" in err and "Traceback" not in err
 
 
-def _diverge_at_high_rates(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
-    """Training with a rate >= 0.5 in the first group diverges: NaN weights, or weights
-    blown up to a finite but exploding loss. Those are the cheapest vectors, which a
-    search without the divergence rule puts on the front (nothing is cheaper)."""
-    import math
-
-    import fleetsim.training as training
-
-    real = training.Trainer.train
-
-    def train(self, state, job):  # type: ignore[no-untyped-def]
-        res = real(self, state, job)
-        if job.vectors[0][0] >= 0.5:
-            for k, v in res.update.state.items():
-                if v.is_floating_point() and "weight" in k:
-                    v.mul_(math.nan if how == "nan" else 1e3)
-        return res
-
-    monkeypatch.setattr(training.Trainer, "train", train)
-
-
 @pytest.mark.parametrize("how", ["nan", "explode"])
 def test_diverged_candidate_is_never_on_the_front(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   how: str) -> None:
-    _diverge_at_high_rates(monkeypatch, how)
+    break_training(monkeypatch, how)
     front, ev = run_dse(scenario(tmp_path, "dse.workers=1"), progress=False)
     bad = ev["vectors"][:, 0] >= 0.5
     assert bad.any() and (~bad).any()

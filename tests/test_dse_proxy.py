@@ -116,9 +116,11 @@ def test_mean_and_spread_by_hand() -> None:
     assert back.diverged and back.excess[0] == 0.1 and math.isnan(back.excess[2])
 
 
-def _break_training(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+def break_training(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """Candidates whose first rate is >= 0.5 come back diverged: NaN weights, or finite
-    weights blown up so that the loss explodes (far above the untrained model's)."""
+    weights blown up so that the loss explodes (far above the untrained model's). Those
+    are the cheapest vectors, which a search without the divergence rule puts on the
+    front (tests/test_dse.py uses it too)."""
     real = training.Trainer.train
 
     def train(self, state, job):  # type: ignore[no-untyped-def]
@@ -136,7 +138,7 @@ def _break_training(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
 def test_divergence_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 how: str) -> None:
     ev = evaluator(tmp_path)
-    _break_training(monkeypatch, how)
+    break_training(monkeypatch, how)
     bad = ev.proxy((0.5, 0.0))
     assert bad.diverged and math.isnan(bad.mean)
     good = ev.proxy((0.25, 0.5))

@@ -396,13 +396,7 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
             raise _fail(node, t.module, f"padding_mode {sub.padding_mode!r} is not supported "
                         "(only 'zeros')")
         if sub.groups == 1:
-            lay = _summed(t, node, first)
-            out = t.new_set(sub.out_channels, name)
-            t.uses.append((f"{name}.weight", out, lay))
-            if sub.bias is not None:
-                t.uses.append((f"{name}.bias", out, None))
-            t.layouts[node.name] = (Seg(out, sub.out_channels),)
-            _add_step(t, node, "conv")
+            _summing_layer(t, node, first, name, sub.out_channels, sub.bias is not None, "conv")
             return
         if sub.groups == sub.in_channels == sub.out_channels:
             seg = _single(t, node, first, "a depthwise convolution")
@@ -421,13 +415,7 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
         if len(shape) != 2:
             raise _fail(node, t.module, f"a dense layer on a {len(shape)}-d tensor reads its "
                         "features from the last dim, not the channels on dim 1; flatten first")
-        lay = _summed(t, node, first)
-        out = t.new_set(sub.out_features, name)
-        t.uses.append((f"{name}.weight", out, lay))
-        if sub.bias is not None:
-            t.uses.append((f"{name}.bias", out, None))
-        t.layouts[node.name] = (Seg(out, sub.out_features),)
-        _add_step(t, node, "linear")
+        _summing_layer(t, node, first, name, sub.out_features, sub.bias is not None, "linear")
         return
     if isinstance(sub, (nn.BatchNorm1d, nn.BatchNorm2d)):
         seg = _single(t, node, first, "a batch norm")
@@ -444,6 +432,19 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
         _add_step(t, node, "bn")
         return
     raise _fail(node, t.module, f"modules of type {type(sub).__name__} are not supported")
+
+
+def _summing_layer(t: _Tracer, node: fx.Node, layout: Layout | None, name: str,
+                   n_out: int, has_bias: bool, kind: str) -> None:
+    """A convolution (groups 1) or dense layer: it sums over the channels it reads (its
+    weight's input dim follows ``layout``) and writes a new set of ``n_out`` channels."""
+    lay = _summed(t, node, layout)
+    out = t.new_set(n_out, name)
+    t.uses.append((f"{name}.weight", out, lay))
+    if has_bias:
+        t.uses.append((f"{name}.bias", out, None))
+    t.layouts[node.name] = (Seg(out, n_out),)
+    _add_step(t, node, kind)
 
 
 def _summed(t: _Tracer, node: fx.Node, layout: Layout | None) -> Layout:
