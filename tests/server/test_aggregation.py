@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fleetsim.build import load_scenario, trainer_settings
-from fleetsim.server.aggregation import Aggregator, Update
+from fleetsim.server.aggregation import Aggregator, Update, is_finite
 from fleetsim.training import Trainer, UpdateJob
 from tests.conftest import TINY
 
@@ -63,3 +63,22 @@ def test_sub_network_updates_touch_only_trained_elements() -> None:
     assert changed[:4, :4].all()
     assert not changed[4:].any() and not changed[:, 4:].any()
     torch.testing.assert_close(new[w][:4, :4], res.update.state[w][:4, :4])
+
+
+@pytest.mark.parametrize("values, finite", [
+    ([0.0, 1.5, -2.0], True),
+    ([], True),
+    # finite, though their float32 sum overflows: the elementwise check must answer
+    ([3.0e38, 3.0e38], True),
+    ([-3.0e38, -3.0e38, 1.0], True),
+    ([1.0, float("nan")], False),
+    ([1.0, float("inf")], False),
+    ([float("-inf"), 2.0], False),
+    ([float("inf"), float("-inf")], False),
+])
+def test_is_finite_is_exact(values: list[float], finite: bool) -> None:
+    state = {"w": torch.tensor(values, dtype=torch.float32),
+             "steps": torch.tensor([7], dtype=torch.int64)}  # not floating: not checked
+    assert is_finite(state) is finite
+    # the same answer as the plain elementwise form
+    assert finite == all(bool(torch.isfinite(v).all()) for v in state.values())
