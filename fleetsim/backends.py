@@ -215,16 +215,16 @@ class Pool(Backend):
 
     def __init__(self, settings: TrainerSettings, where: BackendSettings | None = None,
                  trainer: Trainer | None = None) -> None:
-        import torch.multiprocessing as mp
+        from multiprocessing import forkserver
 
-        from fleetsim import forkserver
+        import torch.multiprocessing as mp
 
         # forkserver: workers fork from a clean server process, not from this one, whose
         # torch thread pools must not be forked; the preload keeps start-up fast. Started
-        # first, so that its imports overlap with the data loading below (`fleetsim run`
-        # starts it before importing torch at all).
+        # first, so that its imports overlap with the data loading below.
         ctx = mp.get_context("forkserver")
-        forkserver.start(forkserver.POOL_PRELOAD)
+        ctx.set_forkserver_preload(["fleetsim.training"])
+        forkserver.ensure_running()
         super().__init__(settings, where, trainer)
         self.shared = {k: v.clone().share_memory_() for k, v in self.initial_state().items()}
         ds = self.trainer.data

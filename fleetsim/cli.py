@@ -39,18 +39,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fleetsim.scenario import read_scenario  # no torch: quick
-
-    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
-    if read_scenario(args.scenario, overrides).training.backend == "pool":
-        from fleetsim import forkserver
-
-        # the workers' server imports torch while this process does (fleetsim.forkserver)
-        forkserver.start(forkserver.POOL_PRELOAD)
-
     from fleetsim.build import build, load_scenario, trackers
     from fleetsim.results import write_run
 
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     sc = load_scenario(args.scenario, overrides)
     out = Path(args.out) if args.out else Path("runs") / sc.name / f"seed-{sc.seed}"
     check_output_dir(out, "--out")  # before the run, not after it
