@@ -241,6 +241,22 @@ def dse_job(sc: Scenario) -> DSEJob:
     return DSEJob(sc.dse, trainer_settings(sc), sc.costs.backward_factor, costs_digest(sc))
 
 
+def front_used(sc: Scenario) -> str | None:
+    """The front file that ``sc``'s policy reads: its ``policy.options.front``, else the
+    cached front of the scenario's DSE settings (the one :func:`build` computes or finds);
+    None for a policy that reads no front. For the run's provenance: which DSE result a
+    DISTREAL-family run stood on."""
+    pcls = POLICIES.get(sc.policy.name)
+    if "front" not in getattr(getattr(pcls, "Options", None), "model_fields", {}):
+        return None
+    given = dict(sc.policy.options).get("front")
+    if given is not None:
+        return str(given)
+    from fleetsim.dse import front_path
+
+    return str(front_path(dse_job(sc)))
+
+
 def costs_digest(sc: Scenario) -> str:
     """Digest of what times DSE candidates: the costs section and the calibration's bytes."""
     import contextlib

@@ -112,8 +112,16 @@ def provenance(sc: Scenario, extra: dict[str, Any] | None = None) -> dict[str, A
         "numpy": np.__version__, "scipy": scipy.__version__, "simpy": simpy.__version__,
         "h5py": h5py.__version__,
         # which model settings were the method's defaults and which the scenario's own
-        "method_defaults": list(sc._method_defaults), **(extra or {}),
+        "method_defaults": list(sc._method_defaults),
+        # the DSE front a DISTREAL-family policy read ("" for the others)
+        "dse_front": _front_used(sc) or "", **(extra or {}),
     }
+
+
+def _front_used(sc: Scenario) -> str | None:
+    from fleetsim.build import front_used  # here: readers of results (report) need no build
+
+    return front_used(sc)
 
 
 def timeline_arrays(log: RunLog) -> dict[str, np.ndarray]:

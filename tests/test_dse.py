@@ -206,3 +206,30 @@ def test_a_run_evaluating_on_the_validation_split_gets_the_same_front(tmp_path: 
     b, ev_b = run_dse(scenario(tmp_path / "b", *held), progress=False)
     np.testing.assert_array_equal(ev_a["proxy"], ev_b["proxy"])
     np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+def test_a_run_records_the_front_it_read(tmp_path: Path) -> None:
+    """run.h5 names the DSE front a DISTREAL-family run stood on: the one file the run's
+    search left in the cache; a given policy.options.front as given; "" for FedAvg."""
+    import h5py
+
+    (tmp_path / "s.yaml").write_text(TINY)
+    cache = tmp_path / "cache"
+    sets = [x for s in [*DSE, "dse.workers=1", f"dse.cache_dir={cache}",
+                        "training.rounds=1"] for x in ("--set", s)]
+
+    def front_of(out: str, *extra: str) -> str:
+        more = [x for s in extra for x in ("--set", s)]
+        assert main(["run", str(tmp_path / "s.yaml"), "--quiet", "--out",
+                     str(tmp_path / out), *sets, *more]) == 0
+        with h5py.File(tmp_path / out / "run.h5") as f:
+            return str(f.attrs["dse_front"])
+
+    used = front_of("d", "policy.name=distreal")
+    (made,) = cache.glob("front-*.h5")
+    assert Path(used) == made
+    mine = tmp_path / "my-front.h5"  # a front file the user names: recorded as named
+    mine.write_bytes(made.read_bytes())
+    assert front_of("g", "policy.name=distreal-static", f"policy.options.front={mine}") \
+        == str(mine)
+    assert front_of("f", "policy.name=fedavg") == ""
