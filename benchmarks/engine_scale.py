@@ -15,16 +15,22 @@ The last line is the ratio of the largest to the smallest fleet: what 100x more 
     python benchmarks/engine_scale.py [--sizes 1000,10000,100000] [--rounds 1000]
         [--per-round 100] [--async-devices 100000] [--concurrency 1000] [--buffer 100]
         [--huge-devices 1000000] [--huge-per-round 1000] [--only-huge]
+        [--huge-runs counter,device] [--huge-horizon-s 86400]
 
 Then the huge fleet: ``--huge-devices`` (1,000,000) devices, ``--huge-per-round``
 (1,000) selected per round, ``--rounds`` rounds, the same scenario otherwise: the wall
 time of its whole process, its CPU time (what the run costs on a machine shared with
-others) and its peak memory; targets: under 120 s and under 4 GB on 2
-cores. It runs twice: with the default random selector, which walks a permutation of
-the whole fleet every round, and with ``selector.options.candidates: draws``, which draws
-8K random device ids instead. ``--huge-devices 0`` skips it, ``--only-huge`` runs
-nothing else. The load average (``os.getloadavg``, 1 minute) is printed at the start
-and end of every run, since the figures mean little on a loaded machine.
+others) and its peak memory; targets: under 120 s and under 4 GB on 2 cores. It runs
+once per ``--huge-runs`` entry: by default with ``fleet.traces.streams: counter``
+(counter-based trace streams, many devices per numpy call) and with the default
+per-device streams, both with the random selector's ``candidates: draws`` (8K random
+device ids a round instead of a permutation of the whole fleet; ``device:permutation``
+adds the default selector). Its traces are ``--huge-horizon-s`` long (one day, against
+the one-week default the smaller fleets keep): the run covers ~2.1 simulated hours, and
+a counter-stream trace starts with the same breakpoints whatever its horizon, so the run
+reads what one-week traces would give it. ``--huge-devices 0`` skips it, ``--only-huge``
+runs nothing else. The load average (``os.getloadavg``, 1 minute) is printed at the
+start and end of every run, since the figures mean little on a loaded machine.
 
 After the synchronous sizes it runs the asynchronous server (FedBuff, ``server.mode:
 async``) on ``--async-devices`` devices with ``--concurrency`` training at once and a
@@ -44,6 +50,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WEEK_S = 7 * 86400.0
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 SCENARIO = """
@@ -62,6 +69,8 @@ fleet:
        downlink_mbps: 8}}
   traces:
     generator: markov
+    streams: {streams}
+    horizon_s: {horizon}
     options: {{levels: [1.0, 0.5, 0.2], mean_dwell_s: 600, mean_online_s: 14400,
               mean_offline_s: 1800}}
 training:
@@ -78,7 +87,8 @@ selector: {{name: random, options: {{candidates: {candidates}}}}}
 
 
 def child(devices: int, rounds: int, per_round: int, mode: str = "sync",
-          concurrency: int = 10, buffer: int = 10, candidates: str = "permutation") -> None:
+          concurrency: int = 10, buffer: int = 10, candidates: str = "permutation",
+          streams: str = "device", horizon_s: float = WEEK_S) -> None:
     """One size, in this process: prints a JSON line of figures."""
     from fleetsim.build import build, load_scenario
 
@@ -86,7 +96,8 @@ def child(devices: int, rounds: int, per_round: int, mode: str = "sync",
     sc = load_scenario(None, text=SCENARIO.format(devices=devices, rounds=rounds,
                                                   per_round=per_round, mode=mode,
                                                   concurrency=concurrency, buffer=buffer,
-                                                  candidates=candidates))
+                                                  candidates=candidates, streams=streams,
+                                                  horizon=horizon_s))
     built = build(sc)
     setup_s = time.perf_counter() - t0
     log = built.engine.run()
@@ -114,14 +125,22 @@ def main() -> None:
     ap.add_argument("--huge-devices", type=int, default=1_000_000)
     ap.add_argument("--huge-per-round", type=int, default=1000)
     ap.add_argument("--only-huge", action="store_true")
+    ap.add_argument("--huge-runs", default="counter,device",
+                    help="the huge fleet's runs, comma-separated, each STREAMS[:CANDIDATES]"
+                    " (streams counter or device, candidates draws or permutation; "
+                    "default draws), e.g. counter,device,device:permutation")
+    ap.add_argument("--huge-horizon-s", type=float, default=86400.0,
+                    help="length (period) of the huge fleet's generated traces")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: one size
     ap.add_argument("--child-async", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-candidates", default="permutation", help=argparse.SUPPRESS)
+    ap.add_argument("--child-streams", default="device", help=argparse.SUPPRESS)
+    ap.add_argument("--child-horizon-s", type=float, default=WEEK_S, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.rounds, args.per_round,
               "async" if args.child_async else "sync", args.concurrency, args.buffer,
-              args.child_candidates)
+              args.child_candidates, args.child_streams, args.child_horizon_s)
         return
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
@@ -148,15 +167,21 @@ def run_child(args: argparse.Namespace, env: dict[str, str], devices: int, per_r
 
 
 def huge_fleet(args: argparse.Namespace, env: dict[str, str]) -> None:
-    """The huge fleet twice: with the default random selector (a permutation of the whole
-    fleet each round) and with its ``candidates: draws`` (8K random ids a round)."""
+    """The huge fleet once per ``--huge-runs`` entry: counter or per-device trace
+    streams, with the random selector's ``candidates: draws`` (8K random ids a round) or
+    its default permutation of the whole fleet each round."""
     n, k = args.huge_devices, args.huge_per_round
-    for candidates in ("draws", "permutation"):
+    for run in args.huge_runs.split(","):
+        streams, _, candidates = run.partition(":")
+        candidates = candidates or "draws"
         load = os.getloadavg()[0]
-        r = run_child(args, env, n, k, "--child-candidates", candidates)
-        print(f"huge fleet, timing-only, selector candidates: {candidates}: {n:,} devices, "
-              f"{k:,} per round, {r['rounds']:,} rounds ({r['rounds'] * k:,} device-rounds, "
-              f"{r['updates']:,} updates, {r['sim_h']:.1f} simulated h): wall "
+        r = run_child(args, env, n, k, "--child-candidates", candidates, "--child-streams",
+                      streams, "--child-horizon-s", str(args.huge_horizon_s))
+        print(f"huge fleet, timing-only, trace streams: {streams}, traces "
+              f"{args.huge_horizon_s / 3600:g} h long, selector candidates: {candidates}: "
+              f"{n:,} devices, {k:,} per round, {r['rounds']:,} rounds "
+              f"({r['rounds'] * k:,} device-rounds, {r['updates']:,} updates, "
+              f"{r['sim_h']:.1f} simulated h): wall "
               f"{r['wall_s']:.1f} s (set-up {r['setup_s']:.1f} s, engine {r['run_s']:.1f} s "
               f"= {r['run_s'] / (r['rounds'] * k) * 1e6:.0f} us per device-round; "
               f"{r['cpu_s']:.1f} CPU s in all), peak "

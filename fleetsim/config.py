@@ -74,6 +74,11 @@ class TraceConfig(Section):
                              "repeat with this period")
     device_offset: int = Field(0, ge=0, description="fleet device i reads trace device "
                                "i + device_offset")
+    streams: Literal["device", "counter"] = Field(
+        "device", description="random streams of generated traces: device (one seeded "
+        "generator per device) or counter (counter-based, many devices per numpy call: "
+        "several times faster for huge fleets, same models, other draws; markov and "
+        "constant with plain-number options)")
 
     @model_validator(mode="after")
     def _one_source(self) -> TraceConfig:

@@ -45,8 +45,15 @@ def trace_source(cfg: TraceConfig, n_devices: int, seed: int, source: str | None
                             "Allowed: a trace file with at least that many devices.")
         return src
     assert cfg.generator is not None
-    return GeneratedTraces.from_name(cfg.generator, cfg.options, n_devices + cfg.device_offset,
-                                     cfg.horizon_s, int_seed(seed, "traces"))
+    src = GeneratedTraces.from_name(cfg.generator, cfg.options, n_devices + cfg.device_offset,
+                                    cfg.horizon_s, int_seed(seed, "traces"), cfg.streams)
+    if src.unsupported is not None:
+        from fleetsim.errors import UserError
+
+        raise UserError(f"{source}: at '{key_path}.streams': counter streams are not "
+                        f"available here: {src.unsupported}. Allowed: streams: device (the "
+                        "default), or generator markov or constant with plain numbers.")
+    return src
 
 
 def class_counts(shares: Sequence[float], n: int) -> np.ndarray:
@@ -118,10 +125,24 @@ class Fleet:
         self.topology: Topology = topo_fn(cfg.topology.options, n, access_of,
                                           stream(seed, "topology"), class_of=self.class_of)
         self._paths: dict[int, Path] = {}
+        #: whether any source makes traces faster together (see :meth:`prefetch`)
+        self.batched = any(t.batched for t in self._class_traces)
 
     def trace(self, device: int) -> DeviceTrace:
         k = int(self.class_of[device])
         return self._class_traces[k].device(device + self._offset[k])
+
+    def prefetch(self, devices: Sequence[int]) -> None:
+        """Make the traces of ``devices`` now, together where their source can (counter
+        streams): the same traces :meth:`trace` would make one by one, sooner."""
+        if not self.batched:
+            return
+        by_class: dict[int, list[int]] = {}
+        for d in devices:
+            k = int(self.class_of[d])
+            by_class.setdefault(k, []).append(d + self._offset[k])
+        for k, ids in by_class.items():
+            self._class_traces[k].prefetch(ids)
 
     def online_at(self, device: int, t: float) -> bool:
         """Whether ``device`` is online at ``t`` (cheaper than ``trace(device).online_at``

@@ -54,7 +54,9 @@ def scenario(devices: int = 300, rounds: int = 12, per_round: int = 20, *overrid
 
 def test_timing_only_runs_100k_devices_with_bounded_trace_memory() -> None:
     built = build(scenario(100_000, 4, 100))
+    thresholds = gc.get_threshold()
     log = built.engine.run()
+    assert gc.get_threshold() == thresholds  # the run's larger one is restored
     assert built.backend is None  # no model training, no data loaded into workers
     assert len(log.rounds) == 4 and all(r["selected"] == 100 for r in log.rounds)
     assert all(math.isnan(r["accuracy"]) for r in log.rounds)

@@ -86,6 +86,35 @@ def permutation(rng: np.random.Generator, n: int) -> np.ndarray:
     return order
 
 
+def _take_online(candidates: list[int], n: int, is_online: Callable[[int], bool],
+                 out: list[int], seen: set[int] | None = None) -> bool:
+    """Append the online ``candidates``, in order, to ``out`` until it holds ``n``
+    (skipping those in ``seen``, when given, and adding the rest to it); True once full.
+
+    A check that can make traces for many devices at once (``is_online.prefetch``:
+    counter streams) is told the next few candidates first, about as many as are still
+    needed: the same devices are checked in the same order, only their traces are made
+    together.
+    """
+    prefetch = getattr(is_online, "prefetch", None)
+    j = 0
+    while j < len(candidates):
+        part = candidates[j:j + (n - len(out)) * 5 // 4 + 8] if prefetch else candidates[j:]
+        j += len(part)
+        if prefetch is not None:
+            prefetch(part if seen is None else [d for d in part if d not in seen])
+        for d in part:
+            if seen is not None:
+                if d in seen:
+                    continue
+                seen.add(d)
+            if is_online(d):
+                out.append(d)
+                if len(out) == n:
+                    return True
+    return False
+
+
 def online_sample(order: np.ndarray, n: int, is_online: Callable[[int], bool]) -> list[int]:
     """The first ``n`` online devices of ``order`` (checks only as many as needed)."""
     out: list[int] = []
@@ -96,11 +125,8 @@ def online_sample(order: np.ndarray, n: int, is_online: Callable[[int], bool]) -
     # few hundred entries usually suffice.
     lo, size = 0, max(2 * n, 64)
     while lo < len(order):
-        for d in order[lo:lo + size].tolist():
-            if is_online(d):
-                out.append(d)
-                if len(out) == n:
-                    return out
+        if _take_online(order[lo:lo + size].tolist(), n, is_online, out):
+            return out
         lo += size
         size *= 4
     return out
@@ -140,14 +166,9 @@ class RandomSelector(Selector):
         big = self.fleet.n_devices
         if n * 8 < big:
             out: list[int] = []
-            seen: set[int] = set()
-            for d in rng.integers(0, big, size=8 * n).tolist():
-                if d not in seen:
-                    seen.add(d)
-                    if is_available(d):
-                        out.append(d)
-                        if len(out) == n:
-                            return out
+            if _take_online(rng.integers(0, big, size=8 * n).tolist(), n, is_available, out,
+                            set()):
+                return out
         return online_sample(permutation(rng, big), n, is_available)
 
 

@@ -37,8 +37,8 @@ class DeviceTrace:
     period_s : the trace repeats with this period, or None (last values hold forever)
     """
 
-    __slots__ = ("_c", "_c_period", "_first_off", "_next_off", "_on_t", "_on_v", "_t", "_v",
-                 "period_s")
+    __slots__ = ("_c", "_c_period", "_first_off", "_nbytes", "_next_off", "_on_t", "_on_v",
+                 "_t", "_v", "period_s")
 
     def __init__(self, avail_t: np.ndarray, avail_v: np.ndarray, online_t: np.ndarray,
                  online_v: np.ndarray, period_s: float | None) -> None:
@@ -69,12 +69,29 @@ class DeviceTrace:
                        if len(off_idx) else -1, -1)
         self._next_off = array("q", nxt.astype(np.int64).tobytes())
         self._first_off = int(off_idx[0]) if len(off_idx) else -1
+        self._nbytes = self._count_bytes()
+
+    @classmethod
+    def from_buffers(cls, t: array, v: array, c: array, c_period: float, on_t: array,
+                     on_v: array, next_off: array, period_s: float | None) -> DeviceTrace:
+        """A trace from buffers computed elsewhere as ``__init__`` computes them (many
+        devices at once: :func:`fleetsim.traces.batch.device_traces`)."""
+        tr = cls.__new__(cls)
+        tr.period_s = period_s
+        tr._t, tr._v, tr._c, tr._c_period = t, v, c, c_period
+        tr._on_t, tr._on_v, tr._next_off = on_t, on_v, next_off
+        tr._first_off = next_off[0]
+        tr._nbytes = tr._count_bytes()
+        return tr
+
+    def _count_bytes(self) -> int:
+        return sum(a.itemsize * len(a) for a in (self._t, self._v, self._c, self._on_t,
+                                                   self._on_v, self._next_off))
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the breakpoint buffers (what a trace cache should count)."""
-        return sum(a.itemsize * len(a) for a in (self._t, self._v, self._c, self._on_t,
-                                                   self._on_v, self._next_off))
+        return self._nbytes
 
     # -- availability ---------------------------------------------------------------
 
@@ -153,6 +170,44 @@ class DeviceTrace:
             q, rest = q - 1.0, cp
         t1 = (q0 + q) * p + self._inv_in(rest)
         return t1 if t1 >= t0 else t0
+
+    def advance(self, t0: float, work_s: float, n: int, limit: float
+                ) -> tuple[float, int, float]:
+        """Up to ``n`` steps of ``work_s`` each, one after the other from ``t0``, stopping
+        before the first that would end after ``limit`` (or never).
+
+        Returns ``(t, done, t_next)``: where the ``done`` steps that fit end (``t0`` if
+        none), and where the next one would have ended (``t`` when all ``n`` fit). Each
+        step ends exactly where :meth:`finish_time` says (the same arithmetic, inlined:
+        this is the engine's hottest loop, ~20 steps per device and round).
+        """
+        t, done = t0, 0
+        p = self.period_s
+        if p is None or not (0.0 < work_s < INF and 0.0 <= t0 < INF) or self._c_period <= 0.0:
+            finish = self.finish_time
+            while done < n:
+                t_next = finish(t, work_s)
+                if t_next > limit or t_next == INF:
+                    return t, done, t_next
+                t, done = t_next, done + 1
+            return t, done, t
+        cp = self._c_period
+        ts, vs, cs = self._t, self._v, self._c
+        while done < n:
+            q0, r0 = divmod(t, p)  # split_period
+            k = bisect_right(ts, r0) - 1  # _cum_in
+            q, rest = divmod(cs[k] + vs[k] * (r0 - ts[k]) + work_s, cp)
+            if rest == 0.0:
+                q, rest = q - 1.0, cp
+            k = bisect_left(cs, rest) - 1  # _inv_in (rest > 0 here)
+            v = vs[k]
+            t_next = (q0 + q) * p + (ts[k] + (rest - cs[k]) / v) if v > 0.0 else INF
+            if t_next < t:
+                t_next = t
+            if t_next > limit or t_next == INF:
+                return t, done, t_next
+            t, done = t_next, done + 1
+        return t, done, t
 
     def mean_availability(self, horizon_s: float | None = None) -> float:
         """Time-weighted mean availability.

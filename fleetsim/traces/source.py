@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,25 @@ class TraceSource:
         self._online: OrderedDict[int, OnlineSignal] = OrderedDict()
         self._online_bytes = 0
 
+    #: whether :meth:`prefetch` makes traces faster than one by one
+    batched = False
+
     def signals(self, i: int) -> DeviceSignals:
         raise NotImplementedError
+
+    def signals_of(self, devices: Sequence[int]) -> list[DeviceSignals]:
+        """The breakpoints of several devices (the same as :meth:`signals` of each)."""
+        return [self.signals(i) for i in devices]
+
+    def prefetch(self, devices: Sequence[int]) -> None:
+        """Make the traces of ``devices`` now (default: nothing; they come on first use)."""
+
+    def _insert(self, i: int, tr: DeviceTrace) -> None:
+        self._cache[i] = tr
+        self._cached_bytes += tr.nbytes
+        while len(self._cache) > 1 and (len(self._cache) > self._cache_size
+                                        or self._cached_bytes > self._cache_bytes):
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
 
     def device(self, i: int) -> DeviceTrace:
         tr = self._cache.get(i)
@@ -73,11 +91,7 @@ class TraceSource:
             return tr
         s = self.signals(i)
         tr = DeviceTrace(s.avail_t, s.avail_v, s.online_t, s.online_v, self.period_s)
-        self._cache[i] = tr
-        self._cached_bytes += tr.nbytes
-        while len(self._cache) > 1 and (len(self._cache) > self._cache_size
-                                        or self._cached_bytes > self._cache_bytes):
-            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        self._insert(i, tr)
         return tr
 
     def online_at(self, i: int, t: float) -> bool:
@@ -101,7 +115,7 @@ class TraceSource:
     def materialise(self, devices: range | None = None) -> TraceSet:
         """All (or some) devices as an in-memory :class:`TraceSet`."""
         devices = devices if devices is not None else range(self.n_devices)
-        sigs = [self.signals(i) for i in devices]
+        sigs = self.signals_of(devices)
         return TraceSet(
             availability=Signal.from_lists([s.avail_t for s in sigs], [s.avail_v for s in sigs],
                                            np.float64),
@@ -119,19 +133,35 @@ class TraceSource:
 
 
 class GeneratedTraces(TraceSource):
-    """Traces made per device on first use, from ``stream(seed, "trace", device)``."""
+    """Traces made per device on first use, from ``stream(seed, "trace", device)``.
+
+    With ``streams="counter"`` they come from counter-based streams instead
+    (:mod:`fleetsim.traces.batch`), many devices per numpy call: :meth:`prefetch` makes a
+    whole list at once. ``unsupported`` then says why the generator cannot (None: it can).
+    """
 
     def __init__(self, generator: TraceGenerator, name: str, n_devices: int, horizon_s: float,
                  seed: int, cache_size: int = CACHE_DEVICES,
-                 cache_bytes: int = CACHE_BYTES) -> None:
+                 cache_bytes: int = CACHE_BYTES, streams: str = "device") -> None:
         super().__init__(cache_size, cache_bytes)
         self.generator = generator
         self.n_devices = n_devices
         self.horizon_s = float(horizon_s)
         self.period_s = float(horizon_s)
         self.seed = seed
+        self.streams = streams
         self.meta = {"generator": name, "params": generator.params(), "seed": seed,
                      "source": "fleetsim generator"}
+        self.unsupported: str | None = None
+        if streams == "counter":
+            from fleetsim.traces import batch, counter
+
+            self.unsupported = batch.supports(generator)
+            self._key = counter.key(seed, "trace-counter")
+            self.batched = self.unsupported is None
+            self.meta["streams"] = "counter"
+        elif streams != "device":
+            raise ValueError(f"streams must be 'device' or 'counter', not {streams!r}")
         # A plugin's traces are checked like a file's (values in range, times from 0,
         # increasing, below the period), once per device made. The built-in generators
         # are tested to keep the format and skip the check: it costs more (~90 us per
@@ -140,13 +170,42 @@ class GeneratedTraces(TraceSource):
 
     @classmethod
     def from_name(cls, name: str, options: dict[str, Any], n_devices: int, horizon_s: float,
-                  seed: int) -> GeneratedTraces:
+                  seed: int, streams: str = "device") -> GeneratedTraces:
         gen_cls = GENERATORS.get(name)
-        return cls(gen_cls(gen_cls.Options(**options)), name, n_devices, horizon_s, seed)
+        return cls(gen_cls(gen_cls.Options(**options)), name, n_devices, horizon_s, seed,
+                   streams=streams)
+
+    def _batch(self, devices: Sequence[int]) -> Any:
+        from fleetsim.traces import batch
+
+        ids = np.asarray(devices, np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.n_devices):
+            bad = ids[(ids < 0) | (ids >= self.n_devices)][0]
+            raise IndexError(int(bad))
+        return batch.make(self.generator, ids, self.horizon_s, self._key)
+
+    def prefetch(self, devices: Sequence[int]) -> None:
+        if not self.batched:
+            return
+        new = list(dict.fromkeys(i for i in devices if i not in self._cache))
+        if not new:
+            return
+        from fleetsim.traces.batch import device_traces
+
+        for i, tr in zip(new, device_traces(self._batch(new), self.period_s)):
+            self._insert(i, tr)
+
+    def signals_of(self, devices: Sequence[int]) -> list[DeviceSignals]:
+        if not self.batched:
+            return super().signals_of(devices)
+        b = self._batch(devices)
+        return [b.row(r) for r in range(len(devices))]
 
     def signals(self, i: int) -> DeviceSignals:
         if not 0 <= i < self.n_devices:
             raise IndexError(i)
+        if self.batched:
+            return self._batch([i]).row(0)
         s = self.generator.device(i, self.horizon_s, stream(self.seed, "trace", i))
         if self._check:
             origin = f"trace generator '{self.meta['generator']}' (device {i})"
