@@ -41,6 +41,7 @@ defaults); target: under 60 s on 2 cores. ``--async-devices 0`` skips it.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -111,7 +112,10 @@ def child(devices: int, rounds: int, per_round: int, mode: str = "sync",
                                                                 for r in log.rounds),
                       "jobs": len(log.timeline),
                       "sim_h": log.rounds[-1]["t_end_s"] / 3600, "peak_mb": peak_mb,
-                      "cpu_s": cpu_s}))
+                      "cpu_s": cpu_s}), flush=True)
+    # as `fleetsim run` does (fleetsim.cli.entry): the interpreter's shutdown would
+    # otherwise garbage-collect the run's million DeviceRound objects one last time
+    gc.freeze()
 
 
 def main() -> None:

@@ -124,6 +124,10 @@ def _add_generate(tsub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", metavar="N", type=int, default=0, help="seed (default 0)")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="generator option, value in YAML (e.g. levels=[1,0.5,0.2]); repeatable")
+    g.add_argument("--streams", choices=("device", "counter"), default="device",
+                   help="random streams, as fleet.traces.streams: device (default) or "
+                   "counter (many devices per numpy call; markov and constant with "
+                   "plain-number options)")
     g.add_argument("-o", "--out", required=True, help="output .h5 file")
 
 
@@ -209,7 +213,11 @@ def cmd_traces_generate(args: argparse.Namespace) -> int:
     cls = GENERATORS.get(args.kind, source="command line", key_path="--kind")
     opts = check_options(cls.Options, parse_overrides(args.param), "command line", "--param",
                          f"trace generator '{args.kind}'")
-    src = GeneratedTraces(cls(opts), args.kind, args.devices, args.horizon_s, args.seed)
+    src = GeneratedTraces(cls(opts), args.kind, args.devices, args.horizon_s, args.seed,
+                          streams=args.streams)
+    if src.unsupported is not None:
+        raise UserError(f"command line: --streams counter: {src.unsupported}. Allowed: "
+                        "--streams device, or --kind markov or constant with plain numbers.")
     t0 = time.perf_counter()
     src.write(args.out, progress=True)
     size = Path(args.out).stat().st_size

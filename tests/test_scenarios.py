@@ -23,7 +23,7 @@ def test_scenario_is_valid(path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "distreal-mnist.yaml",
                                   "paper/mnist.yaml", "fedbuff.yaml", "fedasync.yaml",
-                                  "distreal-fedbuff.yaml"])
+                                  "distreal-fedbuff.yaml", "scale-1m-timing.yaml"])
 def test_scenario_runs_tiny(name: str, tmp_path: Path) -> None:
     assert main(["run", str(REPO / "scenarios" / name), "--out", str(tmp_path), "--quiet",
                  "--set", "training.rounds=1", "--set", "training.local_steps=2",

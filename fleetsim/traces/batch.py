@@ -104,8 +104,12 @@ def make(generator: Any, devices: np.ndarray, horizon_s: float, k: np.uint64
     why = supports(generator)
     if why is not None:
         raise ValueError(why)
-    return BATCHERS[type(generator).__name__](generator.options, generator, np.asarray(
-        devices, np.int64), float(horizon_s), k)
+    d = np.asarray(devices, np.int64)
+    if len(d) == 0:
+        t, n = np.zeros((0, 1)), np.zeros(0, np.int64)
+        return BatchSignals(t, t.copy(), n, t.copy(), np.zeros((0, 1), np.uint8), n.copy())
+    return BATCHERS[type(generator).__name__](generator.options, generator, d,
+                                              float(horizon_s), k)
 
 
 def _grow(devices: np.ndarray, horizon_s: float, n: int, block: Any

@@ -186,3 +186,8 @@ def test_a_shorter_horizon_gives_the_first_part_of_a_longer_one() -> None:
             n = int((u < 6 * 3600.0).sum())
             assert np.array_equal(t[:n], u[:n]) and np.array_equal(v[:n], w[:n])
             assert len(t) == n or t[n] >= 6 * 3600.0
+
+
+def test_no_devices_make_an_empty_batch() -> None:
+    b = batch.make(gen("markov", **MARKOV), np.zeros(0, np.int64), 3600.0, K)
+    assert len(b.avail_len) == 0 and batch.device_traces(b, 3600.0) == []

@@ -76,6 +76,8 @@ def test_imports_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) 
     ["traces", "generate", "--kind", "constant", "--devices", "2", "--horizon-s", "inf",
      "-o", "x.h5"],
     ["traces", "import", "csv", "t.csv", "--period-s", "nan", "-o", "x.h5"],
+    ["traces", "generate", "--kind", "diurnal", "--devices", "2", "--horizon-s", "10",
+     "--streams", "counter", "-o", "x.h5"],
 ])
 def test_bad_input_exits_2_with_one_paragraph(argv: list[str], tmp_path: Path,
                                               capsys: pytest.CaptureFixture,
@@ -151,3 +153,20 @@ def test_behave_import_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = " ".join(capsys.readouterr().err.split())
     assert "client 7, key 'active'[0]: time -3.0 s is negative" in err and "Allowed" in err
     assert not out.exists()
+
+
+def test_generate_with_counter_streams(tmp_path: Path) -> None:
+    """The file holds the traces a fleet with ``streams: counter`` would make lazily."""
+    from fleetsim.traces import GeneratedTraces
+    from fleetsim.traces.generators import GENERATORS
+
+    out = tmp_path / "c.h5"
+    assert main(["traces", "generate", "--kind", "markov", "--devices", "30", "--horizon-s",
+                 "7200", "--seed", "5", "--streams", "counter", "-o", str(out)]) == 0
+    ts = read_traces(out)
+    assert ts.meta["streams"] == "counter"
+    cls = GENERATORS.get("markov")
+    lazy = GeneratedTraces(cls(cls.Options()), "markov", 30, 7200.0, 5, streams="counter")
+    t, v = ts.availability.device(17)
+    assert t.tolist() == lazy.signals(17).avail_t.tolist()
+    assert v.tolist() == lazy.signals(17).avail_v.tolist()
