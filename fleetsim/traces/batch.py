@@ -264,4 +264,3 @@ def _constant(o: Any, gen: Any, devices: np.ndarray, horizon_s: float, k: np.uin
 
 
 BATCHERS = {"Markov": _markov, "Constant": _constant}
-
