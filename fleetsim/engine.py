@@ -86,13 +86,16 @@ class _OnlineAt:
     then, and (``prefetch``) the devices it is about to ask about, whose traces a source
     with counter streams then makes together."""
 
-    __slots__ = ("_fleet", "_t", "prefetch")
+    __slots__ = ("_busy", "_fleet", "_t", "prefetch")
 
-    def __init__(self, fleet: Fleet, t: float) -> None:
-        self._fleet, self._t = fleet, t
+    def __init__(self, fleet: Fleet, t: float, busy: set[int] | None = None) -> None:
+        self._fleet, self._t, self._busy = fleet, t, busy
         self.prefetch = fleet.prefetch if fleet.batched else None
 
     def __call__(self, device: int) -> bool:
+        """Online at the time (and, in asynchronous mode, not training already)."""
+        if self._busy is not None and device in self._busy:
+            return False
         return self._fleet.online_at(device, self._t)
 
 
@@ -420,10 +423,10 @@ class Engine:
             return
         t = self.env.now
         busy = self._busy
-        picked = self.selector.select_idle(
-            self._version, t, want,
-            lambda d, t=t: d not in busy and self.fleet.online_at(d, t),
-            stream(cfg.seed, "select", self._jobs))
+        picked = self.selector.select_idle(self._version, t, want,
+                                           _OnlineAt(self.fleet, t, busy),
+                                           stream(cfg.seed, "select", self._jobs))
+        self.fleet.prefetch(picked)
         for d in sorted(picked):
             self._start_job(d)
 

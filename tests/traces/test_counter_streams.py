@@ -126,3 +126,18 @@ def test_an_unknown_streams_value_is_refused_with_its_key_path() -> None:
     with pytest.raises(UserError, match=r"fleet\.traces\.streams"):
         load_scenario(None, ["fleet.traces.streams=fast"],
                       text=FLEET.format(devices=30, rounds=1, per_round=2))
+
+
+def test_an_async_run_is_the_same_with_and_without_prefetching(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sets = ("server.mode=async", "server.concurrency=30", "server.buffer_size=10",
+            "selector.options.candidates=draws")
+    asked: list[int] = []
+    real = Fleet.prefetch
+    monkeypatch.setattr(Fleet, "prefetch", lambda self, d: (asked.append(len(d)),
+                                                            real(self, d))[1])
+    a = build(scenario(*sets)).engine.run()
+    assert asked
+    monkeypatch.setattr(Fleet, "prefetch", lambda self, d: None)
+    b = build(scenario(*sets)).engine.run()
+    assert rows(a) == rows(b) and len(rows(a)) > 6 * 10
