@@ -114,10 +114,16 @@ def grid_axes(n: int) -> tuple[Figure, list[Any]]:
 
 
 def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str]) -> None:
-    """One legend under all panels (a legend inside a panel hides curves)."""
-    ncol = min(len(labels), 6)
-    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8,
-               frameon=False)
+    """One legend under all panels (a legend inside a panel hides curves), in as many
+    columns (at most 6) as fit the figure's width: long labels, such as a study's
+    ``fedavg+stragglers=wait@lr=0.05``, get fewer columns rather than run off the page."""
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    for ncol in range(min(len(labels), 6), 0, -1):
+        leg = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8,
+                         frameon=False)
+        if ncol == 1 or leg.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return
+        leg.remove()
 
 
 def save(fig: Figure, path: Path) -> None:

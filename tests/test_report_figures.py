@@ -168,3 +168,23 @@ def test_panel_titles() -> None:
         "mean_dwell_s=5"
     assert panel_title(("mnist", "a.b=1+c.d=x"), True) == "mnist: b=1+d=x"
     assert panel_title(("mnist", "default"), False) == "default"
+
+
+def test_long_legend_labels_do_not_overlap() -> None:
+    """The study's labels carry their learning rates (``fedavg+stragglers=wait@lr=0.05``):
+    no two legend entries may overlap, and the legend stays inside the figure."""
+    runs = []
+    for i, p in enumerate(["fedavg", *TEN]):
+        for seed in (0, 1):
+            runs.append(run(f"{p}@lr=0.05", seed, [50, 100, 150 + i], [0.6, 0.75, 0.8],
+                            "fleet.traces.options.mean_dwell_s=5"))
+    fig = figure_accuracy_vs_time(runs, summarise(runs, 0.7))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    boxes = [t.get_window_extent(renderer) for leg in fig.legends for t in leg.get_texts()]
+    assert len(boxes) == 12
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    width = fig.get_size_inches()[0] * fig.dpi
+    assert all(b.x0 >= 0 and b.x1 <= width for b in boxes)
