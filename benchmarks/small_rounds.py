@@ -26,7 +26,8 @@ machine's limit ``2 T1 / T2`` for two workers (memory bandwidth, shared caches, 
 boost). With the start-up measured above (the whole process minus its rounds, which
 workers cannot shrink), the best whole-process speed-up the machine allows is
 ``(start-up 1 + rounds 1) / (start-up 2 + rounds 1 / limit)``; it is printed beside the
-measured one, so a miss of the 1.8 target can be told from a slow pool.
+measured one, so a miss of the 1.8 target can be told from a slow pool, with the same
+bound for rounds exactly twice as fast (what no 2-core machine exceeds).
 
     python benchmarks/small_rounds.py [--repeats 1] [--flower-python PATH] [--quick]
 
@@ -214,11 +215,13 @@ def machine_limit(steps: int, start1_s: float, start2_s: float, rounds1_s: float
     one, two = min(ones), min(twos)
     limit = 2 * one / two
     bound = (start1_s + rounds1_s) / (start2_s + rounds1_s / limit)
+    ideal = (start1_s + rounds1_s) / (start2_s + rounds1_s / 2.0)
     print(f"machine limit, plain PyTorch loop ({steps} steps of batch 10 per process): one "
           f"process {one:.2f} s, two at once {two:.2f} s -> 2 workers can be at most "
           f"{limit:.2f}x one  (load {before} -> {load()})")
     print(f"so the whole process can be at most {bound:.2f}x faster with 2 workers "
-          f"(start-up {start1_s:.1f} s / {start2_s:.1f} s, rounds {rounds1_s:.1f} s / limit)")
+          f"(start-up {start1_s:.1f} s / {start2_s:.1f} s, rounds {rounds1_s:.1f} s / limit); "
+          f"even rounds exactly 2x faster would give {ideal:.2f}x")
 
 
 if __name__ == "__main__":

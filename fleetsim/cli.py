@@ -74,7 +74,8 @@ def _start_fork_server(args: argparse.Namespace) -> None:
         sc = read_scenario(args.scenario, list(args.overrides))
     except UserError:  # load_scenario reports it, properly, below
         return
-    if sc.training.backend == "pool":
+    # timing-only runs build no backend: no workers to fork
+    if sc.training.backend == "pool" and sc.training.mode != "timing":
         forkserver.start()
 
 

@@ -213,11 +213,12 @@ def cmd_traces_generate(args: argparse.Namespace) -> int:
     cls = GENERATORS.get(args.kind, source="command line", key_path="--kind")
     opts = check_options(cls.Options, parse_overrides(args.param), "command line", "--param",
                          f"trace generator '{args.kind}'")
-    src = GeneratedTraces(cls(opts), args.kind, args.devices, args.horizon_s, args.seed,
-                          streams=args.streams)
-    if src.unsupported is not None:
-        raise UserError(f"command line: --streams counter: {src.unsupported}. Allowed: "
-                        "--streams device, or --kind markov or constant with plain numbers.")
+    try:
+        src = GeneratedTraces(cls(opts), args.kind, args.devices, args.horizon_s, args.seed,
+                              streams=args.streams)
+    except ValueError as exc:  # counter streams for a generator without that form
+        raise UserError(f"command line: --streams counter: {exc}. Allowed: --streams "
+                        "device, or --kind markov or constant with plain numbers.") from None
     t0 = time.perf_counter()
     src.write(args.out, progress=True)
     size = Path(args.out).stat().st_size

@@ -90,7 +90,10 @@ class _OnlineAt:
 
     def __init__(self, fleet: Fleet, t: float, busy: set[int] | None = None) -> None:
         self._fleet, self._t, self._busy = fleet, t, busy
-        self.prefetch = fleet.prefetch if fleet.batched else None
+        self.prefetch = self._prefetch if fleet.batched else None
+
+    def _prefetch(self, devices: Sequence[int]) -> None:
+        self._fleet.prefetch(devices, online_only=True)
 
     def __call__(self, device: int) -> bool:
         """Online at the time (and, in asynchronous mode, not training already)."""

@@ -35,6 +35,13 @@ def trace_source(cfg: TraceConfig, n_devices: int, seed: int, source: str | None
                  key_path: str = "fleet.traces") -> TraceSource:
     """Open the trace file, or set up lazy generation, for ``n_devices`` devices."""
     if cfg.file is not None:
+        if cfg.streams != "device":
+            from fleetsim.errors import UserError
+
+            raise UserError(f"{source}: at '{key_path}.streams': streams: {cfg.streams} "
+                            "applies to generated traces, and this fleet reads "
+                            f"{cfg.file}. Allowed: streams: device with a trace file, or a "
+                            "generator instead of the file.")
         src = FileTraces(cfg.file, source=source, key_path=f"{key_path}.file")
         if src.n_devices < n_devices + cfg.device_offset:
             from fleetsim.errors import UserError
@@ -45,15 +52,16 @@ def trace_source(cfg: TraceConfig, n_devices: int, seed: int, source: str | None
                             "Allowed: a trace file with at least that many devices.")
         return src
     assert cfg.generator is not None
-    src = GeneratedTraces.from_name(cfg.generator, cfg.options, n_devices + cfg.device_offset,
-                                    cfg.horizon_s, int_seed(seed, "traces"), cfg.streams)
-    if src.unsupported is not None:
+    try:
+        return GeneratedTraces.from_name(cfg.generator, cfg.options,
+                                         n_devices + cfg.device_offset, cfg.horizon_s,
+                                         int_seed(seed, "traces"), cfg.streams)
+    except ValueError as exc:  # only counter streams refuse a generator here
         from fleetsim.errors import UserError
 
         raise UserError(f"{source}: at '{key_path}.streams': counter streams are not "
-                        f"available here: {src.unsupported}. Allowed: streams: device (the "
-                        "default), or generator markov or constant with plain numbers.")
-    return src
+                        f"available here: {exc}. Allowed: streams: device (the default), "
+                        "or generator markov or constant with plain numbers.") from None
 
 
 def class_counts(shares: Sequence[float], n: int) -> np.ndarray:
@@ -132,9 +140,10 @@ class Fleet:
         k = int(self.class_of[device])
         return self._class_traces[k].device(device + self._offset[k])
 
-    def prefetch(self, devices: Sequence[int]) -> None:
+    def prefetch(self, devices: Sequence[int], online_only: bool = False) -> None:
         """Make the traces of ``devices`` now, together where their source can (counter
-        streams): the same traces :meth:`trace` would make one by one, sooner."""
+        streams): the same traces :meth:`trace` would make one by one, sooner
+        (``online_only``: only :meth:`online_at` will be asked of them)."""
         if not self.batched:
             return
         by_class: dict[int, list[int]] = {}
@@ -142,7 +151,7 @@ class Fleet:
             k = int(self.class_of[d])
             by_class.setdefault(k, []).append(d + self._offset[k])
         for k, ids in by_class.items():
-            self._class_traces[k].prefetch(ids)
+            self._class_traces[k].prefetch(ids, online_only)
 
     def online_at(self, device: int, t: float) -> bool:
         """Whether ``device`` is online at ``t`` (cheaper than ``trace(device).online_at``

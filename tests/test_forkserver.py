@@ -39,6 +39,8 @@ print("never started")
 @pytest.mark.parametrize(("sets", "started"), [
     (["--set", "training.backend=pool"], True),
     ([], False),  # the tiny scenario trains in-process: no server, no process wasted
+    (["--set", "training.backend=pool", "--set", "training.mode=timing"], False),  # no
+    # training, no workers
 ])
 def test_fork_server_starts_first_for_pool_runs(tmp_path: Path, sets: list[str],
                                                 started: bool) -> None:

@@ -2,7 +2,8 @@
 
 The opt-in fast path for huge fleets: a generator that supports it (``markov`` and
 ``constant`` with plain-number options) makes the traces of a whole list of devices with
-a few dozen numpy calls on (devices x breakpoints) arrays, drawing from
+a few dozen numpy calls on (devices x breakpoints) arrays (a general jump matrix: one
+more per column), drawing from
 :mod:`fleetsim.traces.counter` instead of one seeded generator per device. The traces
 follow the same models as the per-device ones (the same distributions, the same
 periodic horizon) but other draws, so a scenario keeps its traces unless it asks for
@@ -25,7 +26,7 @@ import numpy as np
 
 from fleetsim.traces import counter
 from fleetsim.traces.device import DeviceTrace
-from fleetsim.traces.generators import DeviceSignals, Markov
+from fleetsim.traces.generators import Constant, DeviceSignals, Markov
 
 # lanes: what a device's numbers are for (counter.LANES of them)
 _START, _JUMP, _HOLD, _ON_START, _ON_HOLD = range(5)
@@ -87,15 +88,22 @@ def device_traces(b: BatchSignals, period_s: float) -> list[DeviceTrace]:
     return out
 
 
-def supports(generator: Any) -> str | None:
-    """None if ``generator`` can make counter-stream traces, else why not."""
-    kind = type(generator).__name__
-    if kind not in BATCHERS:
-        return (f"generator '{kind.lower()}' has no counter-stream form (those that do: "
-                f"{', '.join(sorted(k.lower() for k in BATCHERS))})")
+def supports(generator: Any, name: str | None = None) -> str | None:
+    """None if ``generator`` can make counter-stream traces, else why not (``name``: its
+    registered name, for the message). Only the built-in classes themselves: a plugin's
+    subclass may model something else."""
+    if type(generator) not in BATCHERS:
+        kind = name or type(generator).__name__.lower()
+        return (f"generator '{kind}' has no counter-stream form (those that do: "
+                f"{', '.join(sorted(f.__name__.strip('_') for f in BATCHERS.values()))})")
     if generator.heterogeneous:
         return "options with distribution specs (per-device draws) have no counter-stream form"
     return None
+
+
+#: rows x columns of one block of breakpoints, at most: a batch of devices whose traces
+#: hold very many breakpoints (on/off periods of seconds over a week) is made in parts
+MAX_BLOCK = 1 << 22
 
 
 def make(generator: Any, devices: np.ndarray, horizon_s: float, k: np.uint64
@@ -108,8 +116,41 @@ def make(generator: Any, devices: np.ndarray, horizon_s: float, k: np.uint64
     if len(d) == 0:
         t, n = np.zeros((0, 1)), np.zeros(0, np.int64)
         return BatchSignals(t, t.copy(), n, t.copy(), np.zeros((0, 1), np.uint8), n.copy())
-    return BATCHERS[type(generator).__name__](generator.options, generator, d,
-                                              float(horizon_s), k)
+    make_rows = BATCHERS[type(generator)]
+    rows = max(1, MAX_BLOCK // _columns(generator, float(horizon_s)))
+    if len(d) <= rows:
+        return make_rows(generator.options, generator, d, float(horizon_s), k)
+    # rows never interact, so parts joined give the bits of one batch
+    return _join([make_rows(generator.options, generator, d[i:i + rows], float(horizon_s), k)
+                  for i in range(0, len(d), rows)])
+
+
+def _columns(generator: Any, horizon_s: float) -> int:
+    """The widest first block of breakpoints a device of ``generator`` gets."""
+    o = generator.options
+    cols = 1
+    if o.mean_offline_s > 0.0:
+        cols = int(horizon_s / (o.mean_online_s + o.mean_offline_s) * 2 + 8) + 1
+    c = getattr(generator, "_fixed", None)
+    if c is not None:
+        cols = max(cols, int(horizon_s / float(np.dot(c.stationary, c.dwell)) * 1.5) + 16)
+    return cols
+
+
+def _join(parts: list[BatchSignals]) -> BatchSignals:
+    def cat(name: str) -> np.ndarray:
+        arrays = [getattr(p, name) for p in parts]
+        w = max(a.shape[1] for a in arrays)
+        out = np.zeros((sum(len(a) for a in arrays), w), arrays[0].dtype)
+        r = 0
+        for a in arrays:
+            out[r:r + len(a), :a.shape[1]] = a
+            r += len(a)
+        return out
+
+    return BatchSignals(cat("avail_t"), cat("avail_v"),
+                        np.concatenate([p.avail_len for p in parts]), cat("online_t"),
+                        cat("online_v"), np.concatenate([p.online_len for p in parts]))
 
 
 def _grow(devices: np.ndarray, horizon_s: float, n: int, block: Any
@@ -263,4 +304,4 @@ def _constant(o: Any, gen: Any, devices: np.ndarray, horizon_s: float, k: np.uin
                         np.ones(d, np.int64), on_t, on_v, on_len)
 
 
-BATCHERS = {"Markov": _markov, "Constant": _constant}
+BATCHERS: dict[type, Any] = {Markov: _markov, Constant: _constant}

@@ -74,8 +74,9 @@ class TraceSource:
         """The breakpoints of several devices (the same as :meth:`signals` of each)."""
         return [self.signals(i) for i in devices]
 
-    def prefetch(self, devices: Sequence[int]) -> None:
-        """Make the traces of ``devices`` now (default: nothing; they come on first use)."""
+    def prefetch(self, devices: Sequence[int], online_only: bool = False) -> None:
+        """Make the traces of ``devices`` now (default: nothing; they come on first use);
+        ``online_only``: only their online signals will be asked for."""
 
     def _insert(self, i: int, tr: DeviceTrace) -> None:
         self._cache[i] = tr
@@ -137,7 +138,7 @@ class GeneratedTraces(TraceSource):
 
     With ``streams="counter"`` they come from counter-based streams instead
     (:mod:`fleetsim.traces.batch`), many devices per numpy call: :meth:`prefetch` makes a
-    whole list at once. ``unsupported`` then says why the generator cannot (None: it can).
+    whole list at once. A generator without that form is a :class:`ValueError` saying why.
     """
 
     def __init__(self, generator: TraceGenerator, name: str, n_devices: int, horizon_s: float,
@@ -152,13 +153,14 @@ class GeneratedTraces(TraceSource):
         self.streams = streams
         self.meta = {"generator": name, "params": generator.params(), "seed": seed,
                      "source": "fleetsim generator"}
-        self.unsupported: str | None = None
         if streams == "counter":
             from fleetsim.traces import batch, counter
 
-            self.unsupported = batch.supports(generator)
+            why = batch.supports(generator, name)
+            if why is not None:
+                raise ValueError(why)
             self._key = counter.key(seed, "trace-counter")
-            self.batched = self.unsupported is None
+            self.batched = True
             self.meta["streams"] = "counter"
         elif streams != "device":
             raise ValueError(f"streams must be 'device' or 'counter', not {streams!r}")
@@ -184,10 +186,18 @@ class GeneratedTraces(TraceSource):
             raise IndexError(int(bad))
         return batch.make(self.generator, ids, self.horizon_s, self._key)
 
-    def prefetch(self, devices: Sequence[int]) -> None:
+    def prefetch(self, devices: Sequence[int], online_only: bool = False) -> None:
+        """Make the traces of ``devices`` not cached yet, together (counter streams).
+
+        ``online_only``: the caller will only ask whether they are online, so devices
+        whose online signal is cached are left out. At most as many as the cache holds
+        are made (the first ones), so that a prefetch never evicts its own traces.
+        """
         if not self.batched:
             return
-        new = list(dict.fromkeys(i for i in devices if i not in self._cache))
+        new = list(dict.fromkeys(i for i in devices if i not in self._cache
+                                 and not (online_only and i in self._online)))
+        new = new[:self._cache_size]
         if not new:
             return
         from fleetsim.traces.batch import device_traces

@@ -60,11 +60,52 @@ def test_counter_traces_differ_from_device_streams_and_by_seed() -> None:
     assert not np.array_equal(c.signals(0).avail_t, other.signals(0).avail_t)
 
 
-def test_prefetch_keeps_the_cache_bounded() -> None:
+def test_prefetch_never_evicts_its_own_traces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefetch of more devices than the cache holds makes only as many as fit (the
+    first ones), so using them does not make any again."""
     src = counter_source(400, cache_size=50)
+    made: list[int] = []
+    real = GeneratedTraces._batch
+    monkeypatch.setattr(GeneratedTraces, "_batch",
+                        lambda self, d: (made.append(len(d)), real(self, d))[1])
     src.prefetch(range(300))
-    assert len(src._cache) == 50 and list(src._cache)[-1] == 299
+    assert made == [50] and list(src._cache) == list(range(50))
+    for i in range(50):
+        src.device(i)
+    assert made == [50]
     assert src._cached_bytes == sum(t.nbytes for t in src._cache.values())
+
+
+def test_online_checks_skip_devices_whose_signal_is_cached() -> None:
+    src = counter_source(100, cache_size=10)
+    for i in range(30):
+        src.online_at(i, 5.0)  # online signals of 0..29 cached, traces of 20..29 only
+    src.prefetch(range(40), online_only=True)
+    assert set(src._cache) == set(range(30, 40))
+    src.prefetch([5], online_only=False)  # a full trace is needed: made
+    assert 5 in src._cache
+
+
+def test_big_batches_are_made_in_parts_with_the_same_bits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetsim.traces import batch, counter
+
+    g = GENERATORS.get("markov")(GENERATORS.get("markov").Options(**OPTS))
+    k = counter.key(3, "trace-counter")
+    whole = batch.make(g, np.arange(60), 86400.0, k)
+    monkeypatch.setattr(batch, "MAX_BLOCK", 4000)  # ~9 rows a part
+    parts = batch.make(g, np.arange(60), 86400.0, k)
+    for i in range(60):
+        a, b = whole.row(i), parts.row(i)
+        for x, y in zip((a.avail_t, a.avail_v, a.online_t, a.online_v),
+                        (b.avail_t, b.avail_v, b.online_t, b.online_v)):
+            assert np.array_equal(x, y)
+
+
+def test_a_generator_without_a_counter_form_is_refused_through_the_api() -> None:
+    cls = GENERATORS.get("bursty")
+    with pytest.raises(ValueError, match="bursty"):
+        GeneratedTraces(cls(cls.Options()), "bursty", 10, 3600.0, seed=0, streams="counter")
 
 
 def test_devices_outside_the_fleet_are_refused() -> None:
@@ -92,11 +133,11 @@ def test_a_run_is_the_same_with_and_without_prefetching(
     with_prefetch = build(scenario(*sets))
     asked: list[int] = []
     real = Fleet.prefetch
-    monkeypatch.setattr(Fleet, "prefetch", lambda self, d: (asked.append(len(d)),
-                                                            real(self, d))[1])
+    monkeypatch.setattr(Fleet, "prefetch", lambda self, d, online_only=False: (
+        asked.append(len(d)), real(self, d, online_only))[1])
     a = with_prefetch.engine.run()
     assert asked and max(asked) <= 40 * 5 // 4 + 8  # about as many as still needed
-    monkeypatch.setattr(Fleet, "prefetch", lambda self, d: None)
+    monkeypatch.setattr(Fleet, "prefetch", lambda self, d, online_only=False: None)
     b = build(scenario(*sets)).engine.run()
     assert rows(a) == rows(b) and len(rows(a)) == 6 * 40
     assert [r["t_end_s"] for r in a.rounds] == [r["t_end_s"] for r in b.rounds]
@@ -122,6 +163,14 @@ def test_counter_streams_where_they_do_not_apply_are_a_clear_error(
     assert "fleet.traces.streams" in msg and why in msg and "Allowed" in msg
 
 
+def test_counter_streams_with_a_trace_file_are_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.h5"
+    counter_source(3000).write(path)
+    with pytest.raises(UserError) as e:
+        build(scenario(f"fleet.traces.file={path}"))
+    assert "fleet.traces.streams" in str(e.value) and "generated" in str(e.value)
+
+
 def test_an_unknown_streams_value_is_refused_with_its_key_path() -> None:
     with pytest.raises(UserError, match=r"fleet\.traces\.streams"):
         load_scenario(None, ["fleet.traces.streams=fast"],
@@ -134,10 +183,10 @@ def test_an_async_run_is_the_same_with_and_without_prefetching(
             "selector.options.candidates=draws")
     asked: list[int] = []
     real = Fleet.prefetch
-    monkeypatch.setattr(Fleet, "prefetch", lambda self, d: (asked.append(len(d)),
-                                                            real(self, d))[1])
+    monkeypatch.setattr(Fleet, "prefetch", lambda self, d, online_only=False: (
+        asked.append(len(d)), real(self, d, online_only))[1])
     a = build(scenario(*sets)).engine.run()
     assert asked
-    monkeypatch.setattr(Fleet, "prefetch", lambda self, d: None)
+    monkeypatch.setattr(Fleet, "prefetch", lambda self, d, online_only=False: None)
     b = build(scenario(*sets)).engine.run()
     assert rows(a) == rows(b) and len(rows(a)) > 6 * 10
