@@ -71,50 +71,8 @@ def uniform(k: np.uint64, devices: np.ndarray, lane: int, start: int, n: int) ->
 def exponential(k: np.uint64, devices: np.ndarray, lane: int, start: int, n: int
                 ) -> np.ndarray:
     """Standard exponentials ``-log(1 - u)``, (D, n): finite (``u < 1``), >= 0."""
-    x = uniform(k, devices, lane, start, n)
-    np.subtract(1.0, x, out=x)  # exact: u is a multiple of 2**-53 below 1
-    return neg_log(x)
-
-
-# fdlibm's split of ln 2 (the high part has trailing zero bits, so e * LN2_HI is exact)
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-#: 2 / (2k + 1), k = 1..10: 2 atanh(s) = 2s + s * sum_k (2 / (2k + 1)) s**(2k); the
-#: first term left out is below 2**-53 of the sum for |s| <= 0.172
-_ATANH = tuple(2.0 / (2 * k + 1) for k in range(1, 11))
-
-
-def neg_log(x: np.ndarray) -> np.ndarray:
-    """``-log(x)`` for ``x`` in (0, 1], from IEEE basic operations only (in place).
-
-    numpy's ``log`` and ``log1p`` run SIMD code where the CPU has it (AVX-512 here), which
-    differs in the last bit from the C library's for ~7% of inputs, so traces made with
-    them would differ from CPU to CPU. Here: ``x = m * 2**e`` exactly (``frexp``), m in
-    [sqrt(1/2), sqrt(2)), ``log m = 2 atanh(s)`` with ``s = (m - 1) / (m + 1)``, |s| <=
-    0.172, as a fixed polynomial; additions, multiplications and divisions are rounded
-    correctly by every IEEE machine, so the bits are the same everywhere. Within 4e-16 of
-    ``math.log`` (tested).
-    """
-    m, e = np.frexp(x)
-    low = m < 0.7071067811865476
-    np.add(m, m, out=m, where=low)  # exact doubling
-    ef = e.astype(np.float64)
-    np.subtract(ef, 1.0, out=ef, where=low)
-    m -= 1.0  # f = m - 1, exact (Sterbenz)
-    s = m + 2.0
-    np.divide(m, s, out=s)  # s = f / (2 + f)
-    z = s * s
-    r = z * _ATANH[-1]
-    for c in reversed(_ATANH[:-1]):
-        r += c
-        r *= z
-    r *= s
-    s *= 2.0
-    r += s  # log m
-    x[...] = ef
-    x *= _LN2_LO
-    x += r
-    ef *= _LN2_HI
-    x += ef
-    np.subtract(0.0, x, out=x)  # not np.negative: -log(1) must be +0.0
-    return x
+    e = uniform(k, devices, lane, start, n)
+    np.negative(e, out=e)
+    np.log1p(e, out=e)
+    np.negative(e, out=e)
+    return e
