@@ -95,7 +95,7 @@ def supports(generator: Any, name: str | None = None) -> str | None:
     if type(generator) not in BATCHERS:
         kind = name or type(generator).__name__.lower()
         return (f"generator '{kind}' has no counter-stream form (those that do: "
-                f"{', '.join(sorted(f.__name__.strip('_') for f in BATCHERS.values()))})")
+                "constant, markov)")
     if generator.heterogeneous:
         return "options with distribution specs (per-device draws) have no counter-stream form"
     return None
@@ -125,16 +125,24 @@ def make(generator: Any, devices: np.ndarray, horizon_s: float, k: np.uint64
                   for i in range(0, len(d), rows)])
 
 
+def _online_block(o: Any, horizon_s: float) -> int:
+    """Columns of a block of on/off periods: even, so every block starts in the state the
+    row started in."""
+    n = int(horizon_s / (o.mean_online_s + o.mean_offline_s) * 2 + 8)
+    return n + n % 2
+
+
+def _markov_block(c: Any, horizon_s: float) -> int:
+    """Columns of a block of Markov levels: 1.5 times the mean number in the horizon."""
+    return int(horizon_s / float(np.dot(c.stationary, c.dwell)) * 1.5) + 16
+
+
 def _columns(generator: Any, horizon_s: float) -> int:
     """The widest first block of breakpoints a device of ``generator`` gets."""
     o = generator.options
-    cols = 1
-    if o.mean_offline_s > 0.0:
-        cols = int(horizon_s / (o.mean_online_s + o.mean_offline_s) * 2 + 8) + 1
+    cols = _online_block(o, horizon_s) if o.mean_offline_s > 0.0 else 1
     c = getattr(generator, "_fixed", None)
-    if c is not None:
-        cols = max(cols, int(horizon_s / float(np.dot(c.stationary, c.dwell)) * 1.5) + 16)
-    return cols
+    return max(cols, _markov_block(c, horizon_s)) if c is not None else cols
 
 
 def _join(parts: list[BatchSignals]) -> BatchSignals:
@@ -221,8 +229,7 @@ def _online(o: Any, devices: np.ndarray, horizon_s: float, k: np.uint64
         return np.zeros((d, 1)), np.ones((d, 1), np.uint8), np.ones(d, np.int64)
     on, off = o.mean_online_s, o.mean_offline_s
     state0 = counter.uniform(k, devices, _ON_START, 0, 1)[:, 0] < on / (on + off)
-    n = int(horizon_s / (on + off) * 2 + 8)
-    n += n % 2  # even blocks: every block starts in the state the row started in
+    n = _online_block(o, horizon_s)
     means = np.where(state0[:, None], np.tile([on, off], n // 2), np.tile([off, on], n // 2))
 
     def block(rows: np.ndarray, devs: np.ndarray, start: int, t0: np.ndarray,
@@ -253,8 +260,7 @@ def _markov(o: Any, gen: Markov, devices: np.ndarray, horizon_s: float, k: np.ui
     s_first = np.searchsorted(np.asarray(c.start_cdf), counter.uniform(
         k, devices, _START, 0, 1)[:, 0], side="right")
     s_first = np.minimum(s_first, m - 1)
-    mean_dwell = float(np.dot(c.stationary, c.dwell))
-    n = int(horizon_s / mean_dwell * 1.5) + 16
+    n = _markov_block(c, horizon_s)
     cdf = np.asarray(c.jump_cdf)
 
     def block(rows: np.ndarray, devs: np.ndarray, start: int, t0: np.ndarray,
