@@ -7,6 +7,9 @@
   'finish_time', 'active': [start s ...], 'inactive': [end s ...], 'model'}``) -> a trace
   file, online while active, each client repeating its own ``finish_time`` cycle within
   the file's one period (see :func:`import_fedscale_behave`).
+- FedScale ``client_device_capacity``'s ``communication`` (kbit/s) -> per-client
+  bandwidth, one constant rate per client (:func:`capacity_bandwidth`), written as a
+  bandwidth CSV (:func:`fleetsim.traces.bandwidth.write_csv`).
 - A plain CSV ``device,t_s,availability[,online]`` -> a trace file.
 
 Unpickling runs code stored in the file: import only pickles you trust.
@@ -27,6 +30,7 @@ import h5py
 import numpy as np
 
 from fleetsim.errors import UserError
+from fleetsim.traces.bandwidth import BandwidthTrace, DeviceBandwidth
 from fleetsim.traces.format import Signal, TraceSet, write_traces
 from fleetsim.traces.generators import intervals_signal
 from fleetsim.traces.period import split_period
@@ -161,6 +165,36 @@ def capacity_classes(path: str | os.PathLike[str], n_classes: int = 4,
             "speed_spread": float(logs.std()),
         })
     return CapacityClasses(classes, len(comp), skipped, str(path), ref_macs_per_sample)
+
+
+def capacity_bandwidth(path: str | os.PathLike[str], down_up_ratio: float = 1.0
+                       ) -> tuple[list[DeviceBandwidth], list[Any]]:
+    """Each FedScale client's own bandwidth, and the client ids in device order.
+
+    FedScale gives one ``communication`` rate per client in kbit/s (from MobiPerf) and
+    uses it for both directions; here ``up_mbps = kbit/s / 1000`` and ``down_mbps = up *
+    down_up_ratio``. Clients with a missing or non-positive rate are refused, naming the
+    client (a run should not silently get fewer devices than the file has).
+    """
+    if not (down_up_ratio > 0 and math.isfinite(down_up_ratio)):
+        raise UserError(f"command line: --down-up-ratio {down_up_ratio!r} is not allowed. "
+                        "Allowed: a finite ratio > 0.")
+    data = _load_pickle(path, "client_device_capacity")
+    out: list[DeviceBandwidth] = []
+    ids = _sorted_ids(list(data))
+    for cid in ids:
+        try:
+            kbps = float(data[cid]["communication"])
+        except (KeyError, TypeError, ValueError):
+            kbps = math.nan
+        if not (kbps > 0 and math.isfinite(kbps)):
+            raise UserError(f"{path}: client {cid!r}: 'communication' is not a positive "
+                            "number. Allowed: records {'computation': ms, 'communication': "
+                            "kbit/s > 0}.")
+        up = kbps / 1000.0
+        out.append(DeviceBandwidth(BandwidthTrace.constant(up),
+                                   BandwidthTrace.constant(up * down_up_ratio)))
+    return out, ids
 
 
 # ----------------------------------------------------------------------------- behaviour
