@@ -4,6 +4,10 @@ Every random choice in a run draws from a stream named by what it is for and whe
 happens (round, device, step), never from a global generator whose state depends on the
 order of execution. That is what makes a run give the same bits in-process, in a worker
 pool or on Ray.
+
+A purpose always takes the same number of keys: numpy's ``SeedSequence`` ignores trailing
+zero words of its entropy, so ``stream(s, p, r)`` and ``stream(s, p, r, 0)`` are the same
+stream (``tests/test_rng.py`` pins this). Give a new use its own purpose instead.
 """
 
 from __future__ import annotations

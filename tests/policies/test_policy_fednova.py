@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from policy_cases import run, scenario
@@ -59,3 +60,14 @@ def test_equal_steps_give_fedavg() -> None:
     a, b = states
     assert a is not None and b is not None
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_both_ends_of_steps_range_are_drawn() -> None:
+    # [2, 5] is inclusive: over 400 draws each of 2, 3, 4 and 5 comes up (each has
+    # probability 1/4, so missing one has probability ~4 * 0.75**400, about 1e-50)
+    policy = build(scenario("fednova", {"steps_range": [2, 5], "partial": False})).engine.policy
+    rng = np.random.default_rng(0)
+    drawn = {policy.assign(0, d, 0, rng).steps for d in range(400)}
+    assert drawn == {2, 3, 4, 5}
+    one = build(scenario("fednova", {"steps_range": [3, 3]})).engine.policy
+    assert one.assign(0, 0, 0, rng).steps == 3
