@@ -27,13 +27,9 @@ import numpy as np
 
 from fleetsim._version import __version__
 from fleetsim.config import Scenario
-from fleetsim.engine import STATUS, RunLog
+from fleetsim.engine import ROUND_COLUMNS, STATUS, RunLog
 from fleetsim.timeunits import UNIT_WORDS, pick_time_unit
 
-ROUND_COLUMNS = ("round", "t_start_s", "t_end_s", "selected", "completed", "late", "dropped",
-                 "not_needed", "rejected", "too_slow", "stale", "accuracy", "loss",
-                 "train_loss", "mean_kept_share", "steps", "macs", "macs_wasted", "bytes_down",
-                 "bytes_up", "staleness_mean", "staleness_max")
 TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps", "macs",
                     "mean_kept_share", "bytes_down", "bytes_up", "start_version")
 

@@ -66,7 +66,7 @@ def reaches(src_prefix: str, dst_prefixes: tuple[str, ...]) -> list[tuple[str, s
 def test_the_graph_was_read() -> None:
     # guards the checks below against a reader that finds no edges
     assert GRAPH.number_of_nodes() > 40
-    assert GRAPH.has_edge("fleetsim.engine", "fleetsim.backends")
+    assert GRAPH.has_edge("fleetsim.engine.server", "fleetsim.backends")
     assert GRAPH.has_edge("fleetsim.build", "fleetsim.policies")  # a function-level import
 
 
@@ -94,6 +94,14 @@ LOADER = ("fleetsim.scenario",)
     ("fleetsim.costs", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
     ("fleetsim.engine", (*RUNNER, *LOADER)),
     ("fleetsim.config", ("fleetsim.scenario", "fleetsim.engine", *RUNNER)),
+    # inside the engine: one device's timing knows no server; each server knows not the
+    # other; the row definitions know nothing of the engine's other parts
+    ("fleetsim.engine.timing", ("fleetsim.engine.server", "fleetsim.engine.sync",
+                                "fleetsim.engine.async_server", "fleetsim.engine.core")),
+    ("fleetsim.engine.sync", ("fleetsim.engine.async_server", "fleetsim.engine.core")),
+    ("fleetsim.engine.async_server", ("fleetsim.engine.sync", "fleetsim.engine.core")),
+    ("fleetsim.engine.rows", ("fleetsim.engine.settings", "fleetsim.engine.timing",
+                              "fleetsim.engine.server", "fleetsim.engine.core")),
 ])
 def test_layers_point_down(src: str, forbidden: tuple[str, ...]) -> None:
     assert any(n == src or n.startswith(src + ".") for n in GRAPH), src
@@ -110,7 +118,20 @@ def test_the_check_can_fail() -> None:
                                     "fleetsim.batched"])
 def test_parts_take_settings_not_the_scenario(module: str) -> None:
     """The engine, trainer, backends and DSE never see a whole Scenario."""
-    path = PKG / (module.removeprefix("fleetsim.").replace(".", "/") + ".py")
-    text = path.read_text()
+    path = PKG / module.removeprefix("fleetsim.").replace(".", "/")
+    paths = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+    assert paths and all(p.exists() for p in paths), path
+    text = "".join(p.read_text() for p in paths)
     assert "Scenario" not in text.replace("Scenario's", ""), \
         f"{module} mentions Scenario; it should take its own settings"
+
+
+def test_device_timing_needs_no_simpy() -> None:
+    """One device's round is timed in plain Python: no SimPy in the timer's imports."""
+    tree = ast.parse((PKG / "engine" / "timing.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert names and not any(m == "simpy" or m.startswith("simpy.") for m in names)
+    assert GRAPH.has_edge("fleetsim.engine.timing", "fleetsim.traces") or \
+        GRAPH.has_edge("fleetsim.engine.timing", "fleetsim.fleet")
+    assert not reaches("fleetsim.engine.timing", ("fleetsim.engine.server",))

@@ -1,0 +1,222 @@
+"""The asynchronous server: FedBuff (FedAsync with a buffer of one), ``concurrency``
+devices training at once.
+
+A job's whole course is known when it starts (the timer, with the job's own deadline in
+place of a round's), so the server keeps the jobs in flight in a heap by (fate time, job
+id) and waits for the earliest: jobs ending at one instant are handled in start order, by
+rule rather than by SimPy's event order. On an arrival it buffers the update (or drops it
+as stale, untrained), and every ``buffer_size`` arrivals it trains the buffered updates --
+each from the global model of its start version, kept while referenced -- and aggregates
+them into a new version. Every job that ends is replaced at once by a new one on an idle
+online device. See ``docs/async.md``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import simpy
+import torch
+
+from fleetsim.engine.rows import INF, DeviceRound, round_row
+from fleetsim.engine.server import OnlineAt, Server
+from fleetsim.errors import UserError
+from fleetsim.rng import LazyStream, stream
+from fleetsim.server.buffered import BufferedAggregator, staleness_weight
+
+# A device's second job from one model version gets streams of its own, keyed
+# version + repeat * this (version alone for the first, as in synchronous rounds).
+ASYNC_REPEAT_STRIDE = 1 << 32
+
+
+class AsyncServer(Server):
+    """FedBuff / FedAsync (``server.mode: async``); owns the versions, the jobs in flight
+    and the buffer."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: global models by version, kept while a job in flight or buffered started from it
+        self._versions: dict[int, dict[str, torch.Tensor] | None] = {0: self.state}
+        self._refs: dict[int, int] = {}  # version -> jobs referencing it
+        self._version = 0
+        self._busy: set[int] = set()  # devices training now
+        self._jobs = 0  # jobs started so far (the next job's id)
+        self._repeats: dict[int, int] = {}  # per device, jobs from the current version
+        self._buffer: list[DeviceRound] = []  # arrived, waiting for aggregation
+        self._ended: list[DeviceRound] = []  # ended otherwise since the last aggregation
+        self._in_flight: dict[int, DeviceRound] = {}  # job id -> its round
+        self._heap: list[tuple[float, int]] = []  # (fate time, job id)
+        self._started_since = 0  # jobs started since the last aggregation
+        self._t_last = 0.0  # time of the last aggregation
+        self._job_deadline: float | None = None
+
+    def process(self) -> Iterator[simpy.events.Event]:
+        env = self.env
+        plan = self.policy.plan(0, self.settings.server.concurrency)
+        self._job_deadline = self.settings.deadline_s if not plan.wait_all else None
+        self._fill()
+        while True:
+            if self._done(self._version):
+                break
+            if self._heap:
+                t = self._heap[0][0]
+                yield env.timeout(max(t - env.now, 0.0))
+                # every job ending at this instant, in start order, before any new start:
+                # simultaneous arrivals fill the buffer together (so FedBuff with equal
+                # devices is synchronous FedAvg), and replacements start from the newest
+                # version
+                while self._heap and self._heap[0][0] == t:
+                    _, jid = heapq.heappop(self._heap)
+                    self._job_ended(self._in_flight.pop(jid), t)
+                self._idle = 0
+            else:  # nobody is training: every device busy or offline; look again later
+                yield self._idle_wait()
+            if not self._done(self._version):
+                self._fill()
+        self._finish()
+
+    def _fill(self) -> None:
+        """Start jobs on idle online devices until ``concurrency`` are training."""
+        cfg = self.settings
+        want = cfg.server.concurrency - len(self._in_flight)
+        if want <= 0:
+            return
+        t = self.env.now
+        picked = self.selector.select_idle(self._version, t, want,
+                                           OnlineAt(self.fleet, t, self._busy),
+                                           stream(cfg.seed, "select", self._jobs))
+        self.fleet.prefetch(picked)
+        for d in sorted(picked):
+            self._start_job(d)
+
+    def _start_job(self, d: int) -> None:
+        cfg = self.settings
+        jid = self._jobs
+        self._jobs += 1
+        self._started_since += 1
+        t = self.env.now
+        v = self._version
+        # Training streams are keyed by the start version (so that FedBuff with no
+        # staleness draws exactly what synchronous rounds draw), made unique for a device
+        # that trains twice from one version.
+        rep = self._repeats.get(d, 0)  # jobs of d from the current version so far
+        self._repeats[d] = rep + 1
+        key = v + rep * ASYNC_REPEAT_STRIDE
+        a = self.policy.assign(key, d, int(self.fleet.class_of[d]),
+                               LazyStream(cfg.seed, "assign", jid))  # type: ignore[arg-type]
+        out = DeviceRound(d, jid, t, start_version=v)
+        deadline_s = self._job_deadline
+        cutoff = self._cutoff(t, deadline_s)
+        self.timer.schedule(out, self.timer.checked(a), cutoff, deadline_s, record=True,
+                            key=key)
+        if out.t_end == INF:
+            raise UserError(
+                f"{cfg.name}: job {jid}: device {d} (class '{self.fleet.class_name(d)}') can "
+                f"never finish its mini-batch: its availability stays 0 for ever (its trace "
+                "does not repeat) and it never goes offline, and the job has no deadline. "
+                "Allowed: a training.deadline_s (the job's time limit in async mode), a "
+                "training.time_budget_s, or traces with a period or with availability above "
+                "0 after their last breakpoint.")
+        self._busy.add(d)
+        self._in_flight[jid] = out
+        heapq.heappush(self._heap, (out.t_end, jid))
+        self._refs[v] = self._refs.get(v, 0) + 1
+
+    def _release(self, version: int) -> None:
+        n = self._refs[version] - 1
+        if n:
+            self._refs[version] = n
+            return
+        del self._refs[version]
+        if version != self._version:
+            self._versions.pop(version, None)  # nobody trains from it any more
+
+    def _job_ended(self, out: DeviceRound, t: float) -> None:
+        srv = self.settings.server
+        self._busy.discard(out.device)
+        out.plan = None
+        if self._learns:
+            self.selector.feedback([self._report(out, self._version)])
+        if out.status == "completed":
+            s = self._version - out.start_version
+            if srv.max_staleness is not None and s > srv.max_staleness:
+                out.status, out.job = "stale", None  # never trained
+            else:
+                self._buffer.append(out)
+        if out.status != "completed":
+            self._release(out.start_version)
+            self._ended.append(out)
+        # not past training.rounds: arrivals at the instant of the last aggregation stay
+        # in the buffer (and end as not needed)
+        if len(self._buffer) >= srv.buffer_size and not self._done(self._version):
+            self._aggregate_buffer(t)
+
+    def _aggregate_buffer(self, t: float) -> None:
+        """Train the buffered updates from their start versions; a new global version."""
+        cfg, srv = self.settings, self.settings.server
+        buf = sorted(self._buffer, key=lambda o: o.round)  # start order: versions ascend
+        self._buffer = []
+        stal = [self._version - o.start_version for o in buf]
+        losses: dict[int, float] = {}
+        if self.backend is not None:
+            agg = BufferedAggregator(self.state, self.backend.buffer_names)  # type: ignore[arg-type]
+            i = 0
+            while i < len(buf):  # one backend call per start version, in start order
+                v = buf[i].start_version
+                group = [o for o in buf[i:] if o.start_version == v]
+                start = self._versions[v]
+                w = staleness_weight(srv.staleness, self._version - v)
+                jobs = [o.job for o in group]
+                for o, res in zip(group, self.backend.train(start, jobs)):  # type: ignore[arg-type]
+                    if not math.isfinite(res.loss_sum) or not agg.add(
+                            o.round, res.update, start, w):  # type: ignore[arg-type]
+                        o.status = "rejected"
+                    else:
+                        losses[o.round] = res.mean_loss
+                    o.job = None
+                i += len(group)
+            self.state = self._apply(agg)
+        for o in buf:
+            self._release(o.start_version)
+        self._version += 1
+        self._versions[self._version] = self.state
+        self._repeats = {}  # no job starts from an older version
+        # the previous version stays only while some job still trains from it
+        if self._version - 1 not in self._refs:
+            self._versions.pop(self._version - 1, None)
+        r = self._version - 1
+        acc = loss = math.nan
+        if self.backend is not None and (r % cfg.eval_every_rounds == 0
+                                         or self._done(self._version)):
+            acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
+            self._last_eval = r
+        outcomes = self._ended + buf
+        done = [o for o in buf if o.status == "completed"]
+        kept = [s for o, s in zip(buf, stal) if o.status == "completed"]
+        row = round_row(r, self._t_last, t, outcomes, done, losses, kept,
+                        selected=self._started_since, acc=acc, loss=loss)
+        self.log.rounds.append(row)
+        self.log.timeline.extend(sorted(outcomes, key=lambda o: o.round))
+        self._ended = []
+        self._started_since = 0
+        self._t_last = t
+        for cb in self.callbacks:
+            cb.on_round_end(row)
+
+    def _finish(self) -> None:
+        """The run ends: jobs still training are cut back to now, and not needed."""
+        now = min(self.env.now, self._cutoff(self.env.now, None))
+        for out in sorted(self._in_flight.values(), key=lambda o: o.round):
+            self.timer.cut_back(out, now)
+            out.status, out.t_end, out.job, out.plan = "not_needed", now, None, None
+            self._ended.append(out)
+        for o in self._buffer:  # arrived, but the buffer never filled again
+            o.status, o.job = "not_needed", None
+            self._ended.append(o)
+        self._in_flight.clear()
+        self._buffer = []
+        self.log.timeline.extend(sorted(self._ended, key=lambda o: o.round))
+        self._final_evaluation()

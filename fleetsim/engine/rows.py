@@ -1,0 +1,128 @@
+"""What a run records: one timeline row per device-round (:class:`DeviceRound`) and one
+round row per round or aggregation (:class:`RoundRow`), defined once for both servers
+and for the files (``results.ROUND_COLUMNS`` is :data:`ROUND_COLUMNS`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from fleetsim.training import UpdateJob
+
+INF = math.inf
+#: Device outcomes of a round, in the order of their codes in ``run.h5`` (append only).
+STATUS = ("completed", "late", "dropped", "not_needed", "rejected", "too_slow", "stale")
+
+
+@dataclass(slots=True)
+class Plan:
+    """A device's phase times in one round, kept until the round closes, so that work
+    the server did not wait for can be cut back to the instant it stopped waiting."""
+
+    nbytes: int
+    latency_s: float
+    t_start: float
+    down_s: float
+    up_start: float | None = None
+    up_s: float = 0.0
+    #: per mini-batch (start, end, MACs, kept share); recorded (not None) only if the
+    #: round can close before every device's fate (over-commitment, async)
+    work: list[tuple[float, float, float, float]] | None = None
+
+
+@dataclass(slots=True)  # slots: a long run keeps one per selected device per round
+class DeviceRound:
+    """What one selected device did in one round (becomes a timeline row)."""
+
+    device: int
+    round: int
+    t_start: float
+    t_end: float = INF
+    status: str = "completed"
+    steps: int = 0
+    macs: float = 0.0
+    kept_share_sum: float = 0.0
+    need_s: float = math.nan  # "too_slow": time one mini-batch and the upload would take
+    bytes_down: int = 0  # bytes that crossed the downlink (all of the model, or less if cut)
+    bytes_up: int = 0  # bytes that crossed the uplink (0 if the upload never started)
+    job: UpdateJob | None = None  # what to train, for an update that arrived in time
+    plan: Plan | None = None  # phase times, only until the round closes
+    start_version: int = -1  # the global model version it trained from (sync: the round)
+
+
+@dataclass(slots=True)
+class RoundRow:
+    """One row of ``rounds.csv`` (and of ``run.h5``'s ``rounds`` group), in column order.
+
+    A synchronous round, or one aggregation of the asynchronous server; every column is
+    described in ``docs/results.md``."""
+
+    round: int
+    t_start_s: float
+    t_end_s: float
+    selected: int
+    completed: int
+    late: int
+    dropped: int
+    not_needed: int
+    rejected: int
+    too_slow: int
+    stale: int
+    accuracy: float
+    loss: float
+    train_loss: float
+    mean_kept_share: float
+    steps: int
+    macs: float
+    macs_wasted: float
+    bytes_down: int
+    bytes_up: int
+    staleness_mean: float
+    staleness_max: int
+
+
+#: The columns of a round row, in file order.
+ROUND_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RoundRow))
+
+
+def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRound],
+              done: Sequence[DeviceRound], losses: dict[int, float],
+              staleness: Sequence[int] = (), selected: int | None = None,
+              acc: float = math.nan, loss: float = math.nan) -> dict[str, Any]:
+    """The row of a round whose devices ended as ``outcomes`` (``done``: the aggregated
+    ones; ``selected``: jobs started, default ``len(outcomes)``), as a dict by column."""
+    count = dict.fromkeys(STATUS, 0)
+    for o in outcomes:
+        count[o.status] += 1
+    steps = sum(o.steps for o in done)
+    row = RoundRow(
+        round=r, t_start_s=t_start, t_end_s=t_end,
+        selected=len(outcomes) if selected is None else selected,
+        completed=count["completed"], late=count["late"], dropped=count["dropped"],
+        not_needed=count["not_needed"], rejected=count["rejected"],
+        too_slow=count["too_slow"], stale=count["stale"],
+        accuracy=acc, loss=loss,
+        train_loss=float(np.mean(list(losses.values()))) if losses else math.nan,
+        mean_kept_share=(sum(o.kept_share_sum for o in done) / steps) if steps else math.nan,
+        steps=steps, macs=sum(o.macs for o in done),
+        macs_wasted=sum(o.macs for o in outcomes if o.status != "completed"),
+        bytes_down=sum(o.bytes_down for o in outcomes),
+        bytes_up=sum(o.bytes_up for o in outcomes),
+        staleness_mean=float(np.mean(staleness)) if len(staleness) else 0.0,
+        staleness_max=int(max(staleness)) if len(staleness) else 0,
+    )
+    return {c: getattr(row, c) for c in ROUND_COLUMNS}
+
+
+@dataclass
+class RunLog:
+    """Everything a run produced, row by row."""
+
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[DeviceRound] = field(default_factory=list)
+    wall_s: float = 0.0
+    events: int = 0

@@ -1,0 +1,147 @@
+"""What both servers share: the parts, the global model, the rules for idle waits,
+cutoffs and the final evaluation (:class:`Server`), and the selectors' view of the fleet
+(:class:`OnlineAt`). The synchronous and asynchronous servers subclass it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import simpy
+import torch
+
+from fleetsim.backends import Backend
+from fleetsim.callbacks import Callback
+from fleetsim.engine.rows import DeviceRound, RunLog
+from fleetsim.engine.settings import EngineSettings
+from fleetsim.engine.timing import DeviceTimer
+from fleetsim.errors import UserError
+from fleetsim.fleet import Fleet
+from fleetsim.policies.base import Policy
+from fleetsim.server.selection import DeviceReport, Selector
+
+INF = math.inf
+# Consecutive waits with no online (idle) device after which a run is declared stuck
+# (with the default 60 s retry, about a week of simulated time with the whole fleet
+# offline).
+MAX_IDLE_WAITS = 10_000
+
+
+class OnlineAt:
+    """What a selector asks of the fleet at a round's start: whether a device is online
+    then, and (``prefetch``) the devices it is about to ask about, whose traces a source
+    with counter streams then makes together."""
+
+    __slots__ = ("_busy", "_fleet", "_t", "prefetch")
+
+    def __init__(self, fleet: Fleet, t: float, busy: set[int] | None = None) -> None:
+        self._fleet, self._t, self._busy = fleet, t, busy
+        self.prefetch = self._prefetch if fleet.batched else None
+
+    def _prefetch(self, devices: Sequence[int]) -> None:
+        self._fleet.prefetch(devices, online_only=True)
+
+    def __call__(self, device: int) -> bool:
+        """Online at the time (and, in asynchronous mode, not training already)."""
+        if self._busy is not None and device in self._busy:
+            return False
+        return self._fleet.online_at(device, self._t)
+
+
+class Server:
+    """A server of one run: owns the global model and the run's log; a subclass owns its
+    protocol's state and its SimPy process (:meth:`process`).
+
+    Parameters
+    ----------
+    settings : the run's rules
+    env : the run's SimPy environment
+    timer : times each device's round
+    fleet, policy, selector, backend, n_samples, callbacks, server_opt : the parts
+    log : where rows go
+    """
+
+    def __init__(self, settings: EngineSettings, env: simpy.Environment, timer: DeviceTimer,
+                 fleet: Fleet, policy: Policy, selector: Selector, backend: Backend | None,
+                 n_samples: np.ndarray, callbacks: Sequence[Callback], server_opt: Any,
+                 log: RunLog) -> None:
+        self.settings = settings
+        self.env = env
+        self.timer = timer
+        self.fleet = fleet
+        self.policy = policy
+        self.selector = selector
+        self.backend = backend
+        self.n_samples = n_samples
+        self.callbacks = callbacks
+        # applied to every aggregate (None: the aggregate is the new model, FedAvg)
+        self.server_opt = server_opt
+        self.log = log
+        self.train_spec = timer.train_spec
+        # A selector that keeps the base feedback() learns nothing (random): a frozen
+        # report per ended device-round would be built for nobody.
+        self._learns = type(selector).feedback is not Selector.feedback
+        self.state: dict[str, torch.Tensor] | None = (
+            backend.initial_state() if backend is not None else None)
+        self._idle = 0  # consecutive idle waits
+        self._last_eval = -1  # the last round (version) evaluated
+
+    def process(self) -> Iterator[simpy.events.Event]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared rules
+
+    def _cutoff(self, t_start: float, deadline_s: float | None) -> float:
+        """When work started at ``t_start`` stops at the latest: its deadline, or the time
+        budget (no result of a run lies past its budget; the budget closes the work
+        running then, as a deadline does)."""
+        cutoff = t_start + deadline_s if deadline_s is not None else INF
+        budget_s = self.settings.time_budget_s
+        if budget_s is not None:
+            cutoff = min(cutoff, budget_s)
+        return cutoff
+
+    def _idle_wait(self) -> simpy.events.Timeout:
+        """Wait ``idle_wait_s`` because no device could start; a run that waits
+        :data:`MAX_IDLE_WAITS` times in a row cannot go on, and is an error."""
+        cfg = self.settings
+        self._idle += 1
+        if self._idle > MAX_IDLE_WAITS:
+            n = self._idle - 1
+            raise UserError(
+                f"{cfg.name}: no device was online for {n} server retries in a row "
+                f"({n * cfg.idle_wait_s:g} simulated seconds from "
+                f"t={self.env.now - n * cfg.idle_wait_s:g} s), so the run cannot go on. "
+                "Allowed: traces in which devices come online (check with `fleetsim "
+                "traces show`), or a time_budget_s.")
+        return self.env.timeout(cfg.idle_wait_s)
+
+    def _done(self, n: int) -> bool:
+        """The run is over after ``n`` rounds (aggregations), or at its time budget."""
+        tr = self.settings
+        if tr.rounds is not None and n >= tr.rounds:
+            return True
+        return tr.time_budget_s is not None and self.env.now >= tr.time_budget_s
+
+    def _apply(self, agg: Any) -> dict[str, torch.Tensor]:
+        """The new global model: the aggregate, through the server optimizer if any."""
+        new = agg.result()
+        if self.server_opt is None:
+            return new
+        return self.server_opt.step(self.state, new, agg.trained())
+
+    def _report(self, o: DeviceRound, r: int, loss: float = math.nan) -> DeviceReport:
+        """What a selector hears of a device-round that ended."""
+        return DeviceReport(o.device, r, o.status,
+                            o.need_s if o.status == "too_slow" else o.t_end - o.t_start,
+                            loss, o.steps, int(self.n_samples[o.device]))
+
+    def _final_evaluation(self) -> None:
+        """The run ended by its time budget (or its last aggregation) after a round that
+        was not evaluated: evaluate the final model into the last row."""
+        if self.backend is not None and self.log.rounds and \
+                self._last_eval != len(self.log.rounds) - 1:
+            acc, loss = self.backend.evaluate(self.state)  # type: ignore[arg-type]
+            self.log.rounds[-1].update(accuracy=acc, loss=loss)

@@ -1,0 +1,317 @@
+"""The timing of one device's round: download, mini-batches with the policy's vectors,
+upload -- pure Python, no SimPy.
+
+Download, training and upload depend only on the cost model, the network path and the
+device's trace, so the whole round of a device is known at its start
+(:meth:`DeviceTimer.schedule`): its fate (arrival, going offline, or the cutoff), the work
+done by then and the job to train if it arrives. Step times are exact integrals of the
+availability trace (:mod:`fleetsim.traces`), found by search, never by ticking time. A
+server that stops waiting earlier (over-commitment, a time budget, the end of an
+asynchronous run) cuts the work back to that instant (:meth:`DeviceTimer.cut_back`).
+
+Both servers use this one timer; neither repeats any of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from fleetsim.costs import CostModel
+from fleetsim.engine.rows import DeviceRound, Plan
+from fleetsim.engine.settings import EngineSettings
+from fleetsim.errors import UserError
+from fleetsim.fleet import Fleet
+from fleetsim.nn.slicing import keep_share
+from fleetsim.policies.base import Assignment, Policy, StepObservation, check_vector
+from fleetsim.rng import stream
+from fleetsim.training import UpdateJob, epoch_samples, epoch_steps
+
+INF = math.inf
+# Mini-batches a deciding policy may ask for in one round when nothing else ends it (the
+# server waits for every device), as a multiple of the round's step count: more is taken
+# as a policy that never says stop, and is an error.
+MAX_STEPS_FACTOR = 100
+# ... and at most, whatever ends the round (step times are positive, so a finite cutoff
+# ends the loop; this only guards against a policy that chooses empty work for ever).
+MAX_STEPS_HARD = 1_000_000
+
+
+class DeviceTimer:
+    """Times devices' rounds for one run.
+
+    Parameters
+    ----------
+    settings : the run's rules (seed, local work, policy name)
+    fleet, costs, policy : the parts
+    n_samples : training samples per device
+    """
+
+    def __init__(self, settings: EngineSettings, fleet: Fleet, costs: CostModel,
+                 policy: Policy, n_samples: np.ndarray) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.costs = costs
+        self.policy = policy
+        self.n_samples = n_samples
+        self.groups = costs.groups
+        self._share_memo: dict[tuple[float, ...], float] = {}
+        self.train_spec = policy.train_spec()
+        # The base policy's decide() is a pure function of the assignment (its vector for
+        # steps_of() mini-batches), so the timer may skip building an observation per
+        # mini-batch for policies that keep it (FedAvg, FedProx, HeteroFL, ...).
+        self._fixed_work = type(policy).decide is Policy.decide
+
+    def schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
+                  deadline_s: float | None, record: bool, key: int | None = None) -> None:
+        """Work out, at the round's start, how one device's round ends if nobody stops it.
+
+        Download, training and upload depend only on the cost model, the network path and
+        the device's trace, so the whole round of a device is known at once: ``out`` gets
+        its fate (``status`` and ``t_end``: arrival, going offline, or the cutoff), the
+        work done by then, and the job to train if it arrives. The server may still close
+        the round earlier (over-commitment, or a time budget); the server's close then cuts
+        the work back to that instant (``record``: keep the per-step times it needs).
+        ``key`` names the job's random streams (default: its round).
+        Deciding fates by times, not by the order in which SimPy handles events at one
+        instant, makes "an arrival exactly at the deadline counts" a rule rather than an
+        accident of event order.
+        """
+        fleet, costs = self.fleet, self.costs
+        d, t_start = out.device, out.t_start
+        if key is None:
+            key = out.round
+        if self.settings.local_epochs is not None and a.steps is None:
+            # local_epochs: the device's own number of mini-batches, the last one short
+            n_d = int(self.n_samples[d])
+            a = dataclasses.replace(
+                a, steps=epoch_steps(self.settings.local_epochs, n_d, self.settings.batch_size),
+                samples=epoch_samples(self.settings.local_epochs, n_d))
+        tr = fleet.trace(d)
+        path = fleet.path(d)
+        t_off = tr.next_offline(t_start)
+        nbytes = costs.model_bytes(a.submodel)
+        down_s, up_s = path.download_s(nbytes), path.upload_s(nbytes)
+        lat = path.latency_s
+
+        # download
+        t = t_start + down_s
+        plan = out.plan = Plan(nbytes, lat, t_start, down_s)
+        # recorded from the start: a round can close while the device is still downloading
+        work = plan.work = [] if record else None
+        end, why = phase_end(t, t_off, cutoff)
+        out.bytes_down = sent(nbytes, t_start, down_s, end, lat)
+        if why:
+            out.t_end, out.status = end, why
+            return
+        # train: decisions and step times are exact and need no events of their own
+        peak = float(fleet.peak_macs_per_s[d])
+        n = int(self.n_samples[d])
+        batch = min(self.settings.batch_size, n)
+        deadline_abs = t_start + deadline_s if deadline_s is not None else INF
+        # local_epochs: the last planned mini-batch holds what is left of the samples
+        short_at, short_b = -1, batch
+        if a.samples is not None and a.steps is not None:
+            short_at, short_b = a.steps - 1, a.samples - (a.steps - 1) * batch
+        vec: tuple[float, ...] | None = None
+        if self._fixed_work:
+            # Hot path: policies that keep the base decide() train the assigned vector for
+            # a fixed number of mini-batches; asking them would cost an observation, an
+            # availability lookup and a seeded random stream per simulated mini-batch.
+            # Their step count is explicit, so no cap applies. The same steps and the same
+            # arithmetic as the general loop below, with a mini-batch's MACs and kept share
+            # looked up once per device instead of once per mini-batch.
+            fixed = a.submodel or self.policy.zero
+            n_fixed = self.policy.steps_of(a)
+            share = self.share(fixed)
+            m_full = costs.step_macs(fixed, batch)
+            m_short = costs.step_macs(fixed, short_b) if short_at >= 0 else m_full
+            finish, partial = tr.finish_time, a.partial
+            done = 0
+            if not partial and short_at < 0 and work is None:
+                # the common case, all steps alike and nothing recorded: the same steps
+                # in one call (DeviceTrace.advance), without a Python call per step
+                t_stop = min(t_off, cutoff)
+                t, done, t_next = tr.advance(t, m_full / peak, n_fixed, t_stop)
+                for _ in range(done):  # the same sums, in the same order, as step by step
+                    out.macs += m_full
+                    out.kept_share_sum += share
+                if done < n_fixed:
+                    self._stopped(out, tr, work, t, t_next, m_full, share, done, t_off,
+                                  cutoff, peak)
+                    return
+            while done < n_fixed:
+                macs = m_short if done == short_at else m_full
+                t_next = finish(t, macs / peak)
+                if partial and t_next + up_s > deadline_abs:
+                    vec = fixed
+                    break  # partial work: send what is done when time is up
+                if t_next > t_off or t_next > cutoff or t_next == INF:
+                    self._stopped(out, tr, work, t, t_next, macs, share, done, t_off, cutoff,
+                                  peak)
+                    return
+                if work is not None:
+                    work.append((t, t_next, macs, share))
+                out.macs += macs
+                out.kept_share_sum += share
+                t = t_next
+                done += 1
+            vectors = {fixed: 0} if done else {}
+            step_vec = [0] * done
+        else:
+            vectors, step_vec = {}, []
+            rng = stream(self.settings.seed, "policy", key, d)
+            cls = int(fleet.class_of[d])
+            # A deciding policy that never says stop would hang the engine where nothing
+            # else ends the round (the server waits for every device): that is the
+            # policy's bug, so it is an error, never a silent truncation.
+            cap = (MAX_STEPS_FACTOR * max(self.settings.local_steps,
+                                          self.policy.steps_of(a))
+                   if cutoff == INF else MAX_STEPS_HARD)
+            name, n_groups = self.settings.policy_name, len(self.groups)
+            while True:
+                step = len(step_vec)
+                if step >= cap:
+                    raise UserError(
+                        f"policy '{self.settings.policy_name}' did not stop: device {d} was "
+                        f"still asked for mini-batch {step + 1} in round {out.round} (at "
+                        f"most {cap} are allowed when nothing else ends the round). "
+                        "Allowed: a policy whose decide() returns STOP, a deadline_s, or "
+                        "policy.options.stragglers other than 'wait'.")
+                vec = self.policy.decide(StepObservation(
+                    d, cls, out.round, step, t, tr.availability_at(t),
+                    deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, vec)).vector
+                vec = check_vector(name, vec, n_groups)
+                if vec is None:
+                    break
+                macs = costs.step_macs(vec, batch if step != short_at else short_b)
+                t_next = tr.finish_time(t, macs / peak)
+                if a.partial and t_next + up_s > deadline_abs:
+                    break  # partial work: send what is done when time is up
+                share = self.share(vec)
+                if t_next > t_off or t_next > cutoff or t_next == INF:
+                    self._stopped(out, tr, work, t, t_next, macs, share, step, t_off, cutoff,
+                                  peak)
+                    return
+                step_vec.append(vectors.setdefault(vec, len(vectors)))
+                if work is not None:
+                    work.append((t, t_next, macs, share))
+                out.macs += macs
+                out.kept_share_sum += share
+                t = t_next
+        out.steps = len(step_vec)
+        if not step_vec:
+            # Could not fit one mini-batch (partial work, or a policy that stopped at once).
+            # The device tells the server so at once (a message: latency only), and the
+            # selectors hear how long one mini-batch and the upload would have taken, so
+            # they learn it is slow ("dropped" would say it went offline, and hide that).
+            if vec is None:  # the policy stopped: time the step it was assigned
+                macs = costs.step_macs(a.submodel or self.policy.zero,
+                                       batch if short_at != 0 else short_b)
+                t_next = tr.finish_time(t, macs / peak)
+            out.need_s = t_next + up_s - t_start
+            end, why = phase_end(t + lat, t_off, cutoff)
+            out.t_end, out.status = end, why or "too_slow"
+            return
+        # upload
+        end, why = phase_end(t + up_s, t_off, cutoff)
+        out.bytes_up = sent(nbytes, t, up_s, end, lat)
+        out.t_end = end
+        plan.up_start, plan.up_s = t, up_s
+        if why:
+            out.status = why
+            return
+        out.status = "completed"
+        # the trainer cuts the same mini-batches as timed here: the epoch's last one short,
+        # full ones after it (distreal's work: fill), none short if the device stopped before
+        samples = a.samples
+        out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
+                            a.reselect, a.offset, self.train_spec.prox_mu, samples)
+
+    @staticmethod
+    def _stopped(out: DeviceRound, tr: Any, work: list[tuple[float, float, float, float]] | None,
+                 t: float, t_next: float, macs: float, share: float, steps: int, t_off: float,
+                 cutoff: float, peak: float) -> None:
+        """The fate of a device whose mini-batch from ``t`` to ``t_next`` is cut short by
+        going offline or by the cutoff (or never ends), after ``steps`` whole ones."""
+        if work is not None:
+            work.append((t, t_next, macs, share))
+        out.steps = steps
+        if min(t_off, cutoff) == INF:
+            # the step never ends and nothing stops it: the fate is "for ever";
+            # the server decides whether that is an error
+            out.t_end, out.status = INF, "late"
+            return
+        end, why = phase_end(t_next, t_off, cutoff)
+        out.macs += done_macs(tr, t, end, macs, peak)
+        out.t_end, out.status = end, why
+
+    def checked(self, a: Assignment) -> Assignment:
+        """``a`` with its sub-model vector checked (a policy is user code)."""
+        if a.submodel is not None:
+            v = check_vector(self.settings.policy_name, a.submodel, len(self.groups),
+                             "assign().submodel")
+            if v != a.submodel:
+                a = dataclasses.replace(a, submodel=v)
+        return a
+
+    def cut_back(self, o: DeviceRound, t: float) -> None:
+        """Keep only the work a device did by ``t`` (the server stopped waiting then)."""
+        p = o.plan
+        assert p is not None and p.work is not None, "cut back without recorded work"
+        o.bytes_up = 0
+        if p.up_start is not None and p.up_start <= t:  # cut off during its upload
+            o.bytes_up = sent(p.nbytes, p.up_start, p.up_s, t, p.latency_s)
+            return
+        if p.t_start + p.down_s > t:  # cut off during its download
+            o.bytes_down = sent(p.nbytes, p.t_start, p.down_s, t, p.latency_s)
+        steps, macs, share = 0, 0.0, 0.0
+        for t0, t1, m, s in p.work:
+            if t1 <= t:
+                steps, macs, share = steps + 1, macs + m, share + s
+                continue
+            if t0 < t:
+                macs += done_macs(self.fleet.trace(o.device), t0, t, m,
+                                   float(self.fleet.peak_macs_per_s[o.device]))
+            break
+        o.steps, o.macs, o.kept_share_sum = steps, macs, share
+
+    def share(self, vec: tuple[float, ...]) -> float:
+        s = self._share_memo.get(vec)
+        if s is None:
+            s = keep_share(self.groups, vec)
+            self._share_memo[vec] = s
+        return s
+
+
+def phase_end(t_phase: float, t_off: float, cutoff: float) -> tuple[float, str | None]:
+    """Where a phase that would end at ``t_phase`` ends: itself, going offline or the
+    cutoff, whichever comes first. Going offline wins ties (offline at ``t`` means not
+    reachable at ``t``); the phase wins a tie with the cutoff (an arrival exactly at the
+    deadline counts)."""
+    if t_off <= t_phase and t_off <= cutoff:
+        return t_off, "dropped"
+    if t_phase <= cutoff:
+        return t_phase, None
+    return cutoff, "late"
+
+
+def sent(nbytes: int, t0: float, phase_s: float, end: float, latency_s: float) -> int:
+    """Bytes of a transfer of ``nbytes`` (started at ``t0``, ``phase_s`` long including
+    ``latency_s``) that had crossed the link by ``end``."""
+    if end >= t0 + phase_s:
+        return nbytes
+    wire_s = phase_s - latency_s
+    if wire_s <= 0.0:
+        return 0
+    return int(nbytes * min(max((end - t0 - latency_s) / wire_s, 0.0), 1.0))
+
+
+def done_macs(tr: Any, t0: float, end: float, macs: float, peak: float) -> float:
+    """MACs of a step of ``macs`` started at ``t0`` done by ``end``: the integral of the
+    available compute, never more than the step itself."""
+    return min(macs, peak * (tr.cumulative(end) - tr.cumulative(t0)))
+
