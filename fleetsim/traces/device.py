@@ -298,3 +298,26 @@ def _bad_time(t: float) -> ValueError:
 def _f64(x: np.ndarray) -> array:
     """A float64 ``array.array`` copy of ``x`` (values bit-for-bit unchanged)."""
     return array("d", np.ascontiguousarray(x, dtype=np.float64).tobytes())
+
+
+def pieces(trace: DeviceTrace, t0: float, t1: float, signal: str = "availability"
+           ) -> list[tuple[float, float, float]]:
+    """The trace's ``availability`` (or ``online``, 0/1) on ``[t0, t1)`` as consecutive
+    ``(start, end, value)`` pieces, cut at its breakpoints (what a power that follows the
+    trace needs to be integrated exactly; :mod:`fleetsim.energy`)."""
+    if not (0.0 <= t0 <= t1 < INF):
+        raise _bad_time(t0 if not 0.0 <= t0 < INF else t1)
+    ts, vs = (trace._t, trace._v) if signal == "availability" else (trace._on_t, trace._on_v)
+    p = trace.period_s
+    out: list[tuple[float, float, float]] = []
+    t = t0
+    while t < t1:
+        q, r = (0.0, t) if p is None else split_period(t, p)
+        k = bisect_right(ts, r) - 1
+        nxt = ts[k + 1] if k + 1 < len(ts) else (p if p is not None else INF)
+        end = min(t1, q * p + nxt if p is not None else nxt)
+        if end <= t:  # rounding at a period's edge: step to the next breakpoint
+            end = min(t1, math.nextafter(t, INF))
+        out.append((t, end, float(vs[k])))
+        t = end
+    return out
