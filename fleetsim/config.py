@@ -262,6 +262,11 @@ class ServerConfig(Section):
     max_staleness: int | None = Field(None, ge=0, description="async: updates staler than "
                                       "this (in versions) are dropped untrained (null: none)")
     staleness: StalenessConfig = Field(default_factory=StalenessConfig)
+    rule: Literal["auto", "fedbuff", "fedasync"] = Field(
+        "auto", description="async: how arrivals move the model: fedbuff (Nguyen et al., "
+        "Alg. 1: x += lr * sum n_k w(s_k) (x_k - x_start_k) / sum n_k); fedasync (Xie et "
+        "al., Alg. 1: x = (1 - a_t) x + a_t x_k, a_t = lr * w(s); buffer_size 1, "
+        "optimizer sgd, lr <= 1); auto: fedasync when buffer_size is 1, else fedbuff")
     optimizer: ServerOptimizerConfig = Field(default_factory=ServerOptimizerConfig)
 
 

@@ -52,6 +52,48 @@ class AsyncServer(Server):
         self._started_since = 0  # jobs started since the last aggregation
         self._t_last = 0.0  # time of the last aggregation
         self._job_deadline: float | None = None
+        self._check_rules()
+        srv = self.settings.server
+        #: FedAsync (Xie et al.) mixes an arrival with the current model; FedBuff
+        #: (Nguyen et al.) adds its change from its own start version
+        self._fedasync = srv.rule == "fedasync" or (srv.rule == "auto"
+                                                   and srv.buffer_size == 1)
+
+    def _check_rules(self) -> None:
+        """Refuse what the asynchronous server does not define (exit 2, one paragraph)."""
+        cfg, srv = self.settings, self.settings.server
+        agg = self.train_spec.aggregator
+        if agg != "fedavg":
+            raise UserError(
+                f"{cfg.name}: at 'policy.name': policy '{cfg.policy_name}' aggregates with "
+                f"'{agg}', which is defined for synchronous rounds (FedNova normalises each "
+                "update by the local steps of the devices of one round); the asynchronous "
+                "server aggregates with FedBuff's or FedAsync's rule and would silently "
+                "ignore it. Allowed: server.mode 'sync' with this policy, or in async mode a "
+                "policy that aggregates with FedAvg's rule (fedavg, fedprox, heterofl, "
+                "fedrolex, fjord, federated_dropout, distreal); see docs/async.md.")
+        fedasync = srv.rule == "fedasync" or (srv.rule == "auto" and srv.buffer_size == 1)
+        if not fedasync:
+            return
+        opt = srv.optimizer
+        why = []
+        if srv.buffer_size != 1:
+            why.append(f"server.buffer_size is {srv.buffer_size} (FedAsync mixes every "
+                       "arrival at once: 1)")
+        if opt.name != "sgd":
+            why.append(f"server.optimizer.name is '{opt.name}' (the mixing weight is the "
+                       "sgd learning rate: 'sgd')")
+        if not opt.lr <= 1.0:
+            why.append(f"server.optimizer.lr is {opt.lr!r} (the mixing weight alpha: at "
+                       "most 1)")
+        if why:
+            raise UserError(
+                f"{cfg.name}: at 'server.rule': FedAsync's rule (Xie et al., Algorithm 1: "
+                "x = (1 - a_t) x + a_t x_new, a_t = alpha * w(staleness)) is chosen "
+                f"({'explicitly' if srv.rule == 'fedasync' else 'auto: buffer_size 1'}) "
+                f"but {'; '.join(why)}. Allowed: server.rule 'fedbuff' (or 'auto' with "
+                "buffer_size above 1), or buffer_size 1 with optimizer {name: sgd, lr: "
+                "alpha} and 0 < alpha <= 1; see docs/async.md.")
 
     def process(self) -> Iterator[simpy.events.Event]:
         env = self.env
@@ -105,7 +147,9 @@ class AsyncServer(Server):
         rep = self._repeats.get(d, 0)  # jobs of d from the current version so far
         self._repeats[d] = rep + 1
         key = v + rep * ASYNC_REPEAT_STRIDE
-        a = self.policy.assign(key, d, int(self.fleet.class_of[d]),
+        # the policy's round is the model version (FedRolex's window moves per version,
+        # not per repeat); the streams keep the job's own key
+        a = self.policy.assign(v, d, int(self.fleet.class_of[d]),
                                LazyStream(cfg.seed, "assign", jid))  # type: ignore[arg-type]
         out = DeviceRound(d, jid, t, start_version=v)
         deadline_s = self._job_deadline
@@ -150,8 +194,10 @@ class AsyncServer(Server):
             self._release(out.start_version)
             self._ended.append(out)
         # not past training.rounds: arrivals at the instant of the last aggregation stay
-        # in the buffer (and end as not needed)
-        if len(self._buffer) >= srv.buffer_size and not self._done(self._version):
+        # in the buffer (and end as not needed). The time budget does not stop it: an
+        # arrival exactly at time_budget_s counts, as in a synchronous round
+        rounds = self.settings.rounds
+        if len(self._buffer) >= srv.buffer_size and (rounds is None or self._version < rounds):
             self._aggregate_buffer(t)
 
     def _aggregate_buffer(self, t: float) -> None:
@@ -171,8 +217,11 @@ class AsyncServer(Server):
                 w = staleness_weight(srv.staleness, self._version - v)
                 jobs = [o.job for o in group]
                 for o, res in zip(group, self.backend.train(start, jobs)):  # type: ignore[arg-type]
+                    # FedAsync: x_t = x_{t-1} + a_t (x_new - x_{t-1}), the change from
+                    # the current model; FedBuff: the change from the update's own start
+                    base = self.state if self._fedasync else start
                     if not math.isfinite(res.loss_sum) or not agg.add(
-                            o.round, res.update, start, w):  # type: ignore[arg-type]
+                            o.round, res.update, base, w):  # type: ignore[arg-type]
                         o.status = "rejected"
                     else:
                         losses[o.round] = res.mean_loss
