@@ -100,11 +100,12 @@ def registries() -> dict[str, Registry[Any]]:
     from fleetsim.nn import MODELS
     from fleetsim.policies import POLICIES
     from fleetsim.server.selection import SELECTORS
+    from fleetsim.traces.bandwidth import BANDWIDTH_GENERATORS
     from fleetsim.traces.generators import GENERATORS
 
     return {"dataset": DATASETS, "partitioner": PARTITIONERS, "model": MODELS,
             "policy": POLICIES, "selector": SELECTORS, "trace generator": GENERATORS,
-            "topology": TOPOLOGIES}
+            "topology": TOPOLOGIES, "bandwidth generator": BANDWIDTH_GENERATORS}
 
 
 def check_options(options_cls: type[BaseModel], raw: dict[str, Any], source: str,
@@ -158,6 +159,21 @@ def validate_components(sc: Any, source: str, overrides: Sequence[str] = ()) -> 
         if tc.file is None:
             one("trace generator", tc.generator, tc.options, f"{key}.generator",
                 f"{key}.options")
+    for key, g in _bandwidth_generators(sc):
+        one("bandwidth generator", g.generator, g.options, f"{key}.generator",
+            f"{key}.options")
+
+
+def _bandwidth_generators(sc: Any) -> list[tuple[str, Any]]:
+    """(key path, generator config) of every class's generated bandwidth."""
+    out = []
+    for i, c in enumerate(sc.fleet.classes):
+        bw = c.bandwidth
+        if bw is None or bw.file is not None:
+            continue
+        out += [(f"fleet.classes[{i}].bandwidth.{d}", g)
+                for d, g in (("up", bw.up), ("down", bw.down)) if g is not None]
+    return out
 
 
 def _check_component_numbers(sc: Scenario, source: str, overrides: Sequence[str]) -> None:
@@ -181,6 +197,8 @@ def _check_component_numbers(sc: Scenario, source: str, overrides: Sequence[str]
         if c.traces is not None]
     parts += [("trace generator", tc.generator, tc.options, f"{key}.options")
               for key, tc in traces if tc.file is None and tc.generator is not None]
+    parts += [("bandwidth generator", g.generator, g.options, f"{key}.options")
+              for key, g in _bandwidth_generators(sc)]
     for kind, name, options, key in parts:
         if name not in regs[kind]:
             continue

@@ -87,6 +87,94 @@ class TraceConfig(Section):
         return self
 
 
+class BandwidthSignalConfig(Section):
+    generator: str = Field(description="bandwidth generator: constant | markov_levels | "
+                           "lognormal (megabit/s; see docs/network.md)")
+    options: dict[str, Any] = _opts()
+
+
+class BandwidthConfig(Section):
+    """Per-device bandwidth over time for one class (docs/network.md); replaces the
+    class's constant uplink_mbps / downlink_mbps for the directions it gives."""
+
+    up: BandwidthSignalConfig | None = Field(None, description="generated upload "
+                                             "bandwidth, each device its own trace")
+    down: BandwidthSignalConfig | None = Field(None, description="generated download "
+                                               "bandwidth, each device its own trace")
+    file: str | None = Field(None, description="CSV device,t_s,up_mbps,down_mbps (relative "
+                             "to the scenario): the class's j-th device reads the file's "
+                             "j-th device; overrides up and down")
+    period_s: float | None = Field(None, gt=0, description="the file's traces repeat with "
+                                   "this period (null: the last rates hold for ever)")
+    horizon_s: float = Field(86400.0, gt=0, description="generated traces repeat with this "
+                             "period")
+
+    @model_validator(mode="after")
+    def _some_source(self) -> BandwidthConfig:
+        if self.file is None and self.up is None and self.down is None:
+            raise ValueError("give 'file', or 'up' and/or 'down' generators")
+        return self
+
+
+class BatteryConfig(Section):
+    capacity_j: float = Field(gt=0, description="full charge, joules (a 3000 mAh phone "
+                              "battery at 3.85 V holds 41,580 J)")
+    floor_fraction: float = Field(0.05, ge=0, lt=1, description="the device stops (goes "
+                                  "offline) when its battery falls to this share of "
+                                  "capacity")
+    resume_fraction: float = Field(0.2, gt=0, le=1, description="and comes back when "
+                                   "charged to this share (> floor_fraction)")
+    initial_fraction: tuple[float, float] = Field(
+        (0.2, 1.0), description="[low, high]: each device starts with a charge drawn "
+        "uniformly from this share of capacity (its own stream of the seed)")
+    charge_w: float = Field(0.0, ge=0, description="charging power, watts")
+    charge_when: Literal["always", "online", "never"] = Field(
+        "online", description="charging: always | online (while the device's trace says "
+        "online: FedScale's traces are of devices on a charger) | never")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> BatteryConfig:
+        if not self.floor_fraction < self.resume_fraction:
+            raise ValueError("resume_fraction must be above floor_fraction")
+        low, high = self.initial_fraction
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError("initial_fraction must be [low, high] with 0 <= low <= high "
+                             "<= 1")
+        return self
+
+
+class EnergyConfig(Section):
+    """Energy a class's devices draw (docs/energy.md has the formulas and sources)."""
+
+    profile: Literal["none", "phone"] = Field("none", description="starting values: none "
+                                              "(all 0) | phone (docs/energy.md); the keys "
+                                              "below override them")
+    full_load_w: float | None = Field(None, ge=0, description="compute power at "
+                                      "availability 1, over idle (scaled by the "
+                                      "availability used)")
+    joules_per_mac: float | None = Field(None, ge=0, description="compute energy per MAC "
+                                         "(instead of full_load_w)")
+    tx_w: float | None = Field(None, ge=0, description="radio power while uploading, over "
+                               "idle")
+    rx_w: float | None = Field(None, ge=0, description="radio power while downloading, over "
+                               "idle")
+    joules_per_byte_up: float | None = Field(None, ge=0, description="upload energy per "
+                                             "byte (instead of tx_w)")
+    joules_per_byte_down: float | None = Field(None, ge=0, description="download energy "
+                                               "per byte (instead of rx_w)")
+    idle_w: float | None = Field(None, ge=0, description="what a device draws whenever it "
+                                 "is on")
+    battery: BatteryConfig | None = Field(None, description="a battery that ends work at "
+                                          "its floor (null: energy is counted, never "
+                                          "limiting)")
+
+    @model_validator(mode="after")
+    def _one_compute_form(self) -> EnergyConfig:
+        if self.full_load_w is not None and self.joules_per_mac is not None:
+            raise ValueError("give full_load_w or joules_per_mac, not both")
+        return self
+
+
 class DeviceClassConfig(Section):
     name: str = Field(description="class label, e.g. 'phone-high'")
     share: float = Field(gt=0, le=1, description="share of the fleet in this class")
@@ -100,6 +188,11 @@ class DeviceClassConfig(Section):
                                 "peak_macs_per_s per device (0: all devices of the class equal)")
     traces: TraceConfig | None = Field(None, description="traces for this class only "
                                        "(default: the fleet's)")
+    bandwidth: BandwidthConfig | None = Field(None, description="bandwidth over time per "
+                                              "device (null: the constant uplink_mbps and "
+                                              "downlink_mbps)")
+    energy: EnergyConfig | None = Field(None, description="energy and battery (null: no "
+                                        "energy model)")
 
 
 def _default_classes() -> tuple[DeviceClassConfig, ...]:
@@ -115,6 +208,39 @@ class TopologyConfig(Section):
     options: dict[str, Any] = _opts()
 
 
+class LinkCapacityConfig(Section):
+    up_mbps: float = Field(gt=0, description="capacity towards the server, megabit/s")
+    down_mbps: float = Field(gt=0, description="capacity from the server, megabit/s")
+    latency_s: float = Field(0.0, ge=0, description="one-way latency (with latency: true)")
+
+
+class NetworkConfig(Section):
+    """Shared links (docs/network.md): off by default, every transfer then has its path
+    to itself, as before."""
+
+    sharing: Literal["off", "max_min"] = Field(
+        "off", description="off: each transfer gets its path's bottleneck bandwidth | "
+        "max_min: transfers crossing a link share its capacity max-min fairly (progressive "
+        "filling, SimGrid's flow model), each capped by its own access link")
+    server_link: LinkCapacityConfig | None = Field(
+        None, description="the server's access link, crossed by every transfer (link "
+        "'server'; null: none)")
+    cell: LinkCapacityConfig | None = Field(
+        None, description="hierarchical: each edge aggregator's cell, shared by its devices "
+        "(links 'cell<k>'); the edge -> server backhaul links 'edge<k>' have the "
+        "topology's edge_up_mbps / edge_down_mbps")
+    capacities: dict[str, LinkCapacityConfig] = Field(
+        default_factory=dict, description="override named links' capacities: 'server', "
+        "'cell<k>', 'edge<k>' (hierarchical backhaul), or 'u~v' (a file topology's link "
+        "between nodes u and v, names in sorted order)")
+    latency: bool = Field(False, description="max_min: a transfer shares nothing until its "
+                          "path's latency has passed (SimGrid); off: latency is added as "
+                          "before")
+    lv08: bool = Field(False, description="max_min: SimGrid's LV08 calibration (latency x "
+                       "13.01, capacity x 0.97, each transfer capped by 4 MiB / (2 x "
+                       "latency)); implies latency")
+
+
 class FleetConfig(Section):
     devices: int = Field(100, ge=1, description="number of devices in the fleet")
     classes: tuple[DeviceClassConfig, ...] = Field(default_factory=_default_classes,
@@ -123,6 +249,7 @@ class FleetConfig(Section):
                                                     "classes: shuffled by the seed, or in blocks")
     traces: TraceConfig = Field(default_factory=TraceConfig)
     topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
 
     @model_validator(mode="after")
     def _shares(self) -> FleetConfig:

@@ -6,8 +6,12 @@ A transfer's time is the path's latency sum plus bytes over its bottleneck bandw
 
 Registered topologies: ``star`` (every device straight to the server), ``hierarchical``
 (devices -> edge aggregators -> server) and ``file`` (a user graph in GraphML or an edge
-list). Links do not divide their bandwidth among concurrent transfers: a path's bandwidth
-is its bottleneck link's, as if each transfer had the links to itself.
+list). By default links do not divide their bandwidth among concurrent transfers: a
+path's bandwidth is its bottleneck link's, as if each transfer had the links to itself.
+With ``fleet.network.sharing: max_min`` the infrastructure links (each named: see
+:meth:`Topology.links`), the server's access link and hierarchical cells are shared by
+the transfers crossing them (:mod:`fleetsim.links`; :meth:`Topology.route` names the
+links of a device's path).
 
 The graph holds the infrastructure (server, edge aggregators) explicitly and devices by
 attachment: with 100,000 devices an explicit star would cost ~100 MB of networkx dicts for
@@ -73,6 +77,9 @@ class Topology:
         self._attach = attach
         self._access = access
         self._node_paths: dict[Any, tuple[float, float, float]] = {}
+        self._node_routes: dict[Any, tuple[str, ...]] = {}
+        #: attach node -> name of its cell (a link shared by the devices attached there)
+        self.cells: dict[Any, str] = {}
 
     def _node_path(self, node: Any) -> tuple[float, float, float]:
         hit = self._node_paths.get(node)
@@ -93,6 +100,32 @@ class Topology:
         a_up, a_down, a_lat = self._access(device)
         return Path(min(up, a_up), min(down, a_down), lat + a_lat)
 
+    def infra_path(self, device: int) -> tuple[float, float, float]:
+        """(up_mbps, down_mbps, latency_s) of the device's route without its access link
+        (``inf`` bandwidths in a star)."""
+        return self._node_path(self._attach(device))
+
+    def links(self) -> dict[str, tuple[float, float, float]]:
+        """Every infrastructure link by name: (up_mbps, down_mbps, latency_s). A link's
+        name is its ``name`` attribute (hierarchical: ``edge<k>``), else ``u~v`` with the
+        two node names in sorted order."""
+        return {link_name(a, b, d): (d["up_mbps"], d["down_mbps"], d["latency_s"])
+                for a, b, d in self.infra.edges(data=True)}
+
+    def route(self, device: int) -> tuple[str, ...]:
+        """Names of the infrastructure links from ``device``'s attachment node to the
+        server (the same route :meth:`path` takes), its cell's first when it has one."""
+        node = self._attach(device)
+        hit = self._node_routes.get(node)
+        if hit is None:
+            route = nx.shortest_path(self.infra, node, SERVER, weight="latency_s")
+            hit = tuple(link_name(a, b, self.infra.edges[a, b])
+                        for a, b in itertools.pairwise(route))
+            if node in self.cells:
+                hit = (self.cells[node], *hit)
+            self._node_routes[node] = hit
+        return hit
+
     def graph(self, n_devices: int) -> nx.Graph:
         """The explicit graph, devices included as nodes ``("device", i)``."""
         g = self.infra.copy()
@@ -100,6 +133,12 @@ class Topology:
             up, down, lat = self._access(i)
             g.add_edge(("device", i), self._attach(i), up_mbps=up, down_mbps=down, latency_s=lat)
         return g
+
+
+def link_name(a: Any, b: Any, data: dict[str, Any]) -> str:
+    """A link's name: its ``name`` attribute, else ``u~v`` (node names sorted)."""
+    name = data.get("name")
+    return str(name) if name is not None else "~".join(sorted((str(a), str(b))))
 
 
 # A topology factory: (options, n_devices, access, rng, class_of=None) -> Topology, where
@@ -211,14 +250,18 @@ def hierarchical(options: dict[str, Any], n_devices: int,
     for k, (up, down, lat) in enumerate(zip(_per_node(o.edge_up_mbps, m, "up"),
                                             _per_node(o.edge_down_mbps, m, "down"),
                                             _per_node(o.edge_latency_s, m, "latency"))):
-        g.add_edge(names[k], SERVER, up_mbps=up, down_mbps=down, latency_s=lat)
+        g.add_edge(names[k], SERVER, up_mbps=up, down_mbps=down, latency_s=lat,
+                   name=names[k])
     if o.assign == "by_class" and class_of is None:
         class_of = _classes_from_access(n_devices, access)
     where = _assign(o.assign, n_devices, m, rng, class_of)
     if callable(where):
-        return Topology(g, lambda i: names[where(i)], access)
-    idx = where.astype(np.int32)
-    return Topology(g, lambda i: names[idx[i]], access)
+        topo = Topology(g, lambda i: names[where(i)], access)
+    else:
+        idx = where.astype(np.int32)
+        topo = Topology(g, lambda i: names[idx[i]], access)
+    topo.cells = {names[k]: f"cell{k}" for k in range(m)}
+    return topo
 
 
 hierarchical.Options = HierarchicalOptions  # type: ignore[attr-defined]

@@ -156,6 +156,8 @@ class ConstantOptions(BandwidthOptions):
 
 @BANDWIDTH_GENERATORS.register("constant")
 class Constant(BandwidthGenerator):
+    """One rate for ever (the same as the class's constant uplink/downlink)."""
+
     Options = ConstantOptions
 
     def make(self, horizon_s: float, rng: np.random.Generator) -> BandwidthTrace:
