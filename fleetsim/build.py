@@ -382,6 +382,34 @@ def class_mean_availability(fleet: Fleet, seed: int, per_class: int = 32) -> tup
     return tuple(out)
 
 
+def world_features(sc: Scenario) -> dict[str, str]:
+    """The world models ``sc`` configures: feature -> the key that asks for it."""
+    out: dict[str, str] = {}
+    if sc.fleet.network.sharing != "off":
+        out["sharing"] = "fleet.network.sharing"
+    for i, c in enumerate(sc.fleet.classes):
+        if c.bandwidth is not None:
+            out.setdefault("bandwidth", f"fleet.classes[{i}].bandwidth")
+        if c.energy is not None:
+            out.setdefault("energy", f"fleet.classes[{i}].energy")
+    return out
+
+
+def _refuse_unsimulated(sc: Scenario, source: str | None) -> None:
+    """A model the scenario configures and the engine does not simulate yet is an
+    error, never a run that silently leaves it out (the engine lists what it simulates
+    in ``fleetsim.engine.WORLD_FEATURES``)."""
+    import fleetsim.engine
+
+    done = getattr(fleetsim.engine, "WORLD_FEATURES", frozenset())
+    for feature, key in world_features(sc).items():
+        if feature not in done:
+            raise UserError(f"{source or '<scenario>'}: at '{key}': the engine does not "
+                            f"simulate {feature} yet (fleetsim.links, fleetsim.energy and "
+                            "fleetsim.traces.bandwidth model it; the engine's integration "
+                            "is pending). Allowed: leave it out for now.")
+
+
 def build(sc: Scenario, source: str | None = None, progress: bool = False,
           callbacks: Sequence[Callback] = ()) -> Built:
     """Fleet, data, model, cost model, policy, selector, backend and engine for ``sc``.
@@ -390,6 +418,7 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     every round and of the run's end.
     """
     fleet = Fleet(sc.fleet, sc.seed, source)
+    _refuse_unsimulated(sc, source)
     backend: Backend | None = None
     try:
         if sc.training.mode == "full":

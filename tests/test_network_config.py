@@ -207,3 +207,21 @@ def test_bandwidth_file_with_a_negative_rate(tmp_path: Path,
     code, err = run_cli(capsys, "run", str(p), *TIMING)
     check_error(code, err, "at 'fleet.classes[0].bandwidth.file'", str(csv), "line 3",
                 "up_mbps is -3.0", "Allowed: rates >= 0")
+
+
+@pytest.mark.parametrize("extra, classes, feature", [
+    ("  network: {sharing: max_min}\n", CLASSES, "sharing"),
+    ("", CLASSES.replace("1.0e7}", "1.0e7, energy: {profile: phone}}"), "energy"),
+    ("", CLASSES.replace("1.0e7}", "1.0e7, bandwidth: {up: {generator: constant, "
+                         "options: {mbps: 3}}}}"), "bandwidth"),
+])
+def test_a_model_the_engine_does_not_simulate_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, classes: str,
+        feature: str) -> None:
+    import fleetsim.engine
+
+    if feature in getattr(fleetsim.engine, "WORLD_FEATURES", frozenset()):
+        pytest.skip(f"the engine simulates {feature}")
+    p = scenario(tmp_path, extra, classes)
+    code, err = run_cli(capsys, "run", str(p), *TIMING)
+    check_error(code, err, str(p), f"the engine does not simulate {feature} yet")
