@@ -166,3 +166,47 @@ def test_zero_staleness_weight_convention() -> None:
         assert staleness_weight(StalenessConfig(name=name), 0) == 1.0
     assert staleness_weight(StalenessConfig(name="polynomial", a=0.5), 1) == \
         pytest.approx(1 / np.sqrt(2))
+
+
+# ------------------------------------------------------------------ (4) concurrency kept busy
+
+
+def test_devices_coming_online_start_at_once_while_jobs_run(step_macs: float, tmp_path: Path,
+                                                            write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    """Concurrency 3; device 0 online from t=0 with 100 s jobs; devices 1 and 2 online
+    from t=1: they start at t=1, not when device 0's job ends at t=100."""
+    from tests.conftest import make_traces
+    from tests.test_async import THREE, classes
+
+    ts = make_traces([([0.0], [1.0])] * 3,
+                     [([0.0], [1]), ([0.0, 1.0], [0, 1]), ([0.0, 1.0], [0, 1])],
+                     horizon_s=10_000.0)
+    write_trace_file("t.h5", ts)
+    text = THREE.format(n=3, classes=classes([100.0], step_macs), mode="timing", rounds=2,
+                        k=1, selector="test-lowest-idle", server_mode="async", conc=3, buf=3)
+    (tmp_path / "s.yaml").write_text(text.replace("traces: {generator: constant}",
+                                                  "traces: {file: t.h5}"))
+    log = build(load_scenario(tmp_path / "s.yaml")).engine.run()
+    first = {}
+    for o in sorted(log.timeline, key=lambda o: o.round):
+        first.setdefault(o.device, o.t_start)
+    assert first == {0: 0.0, 1: 1.0, 2: 1.0}
+    assert [r["completed"] for r in log.rounds] == [3, 3]
+
+
+def test_next_online_by_hand() -> None:
+    from tests.conftest import make_traces
+    from fleetsim.traces.device import DeviceTrace
+
+    def trace(on_t, on_v, period=None):  # type: ignore[no-untyped-def]
+        ts = make_traces([([0.0], [1.0])], [(on_t, on_v)], period_s=period)
+        return DeviceTrace(np.asarray([0.0]), np.asarray([1.0]), np.asarray(on_t, float),
+                           np.asarray(on_v, np.uint8), ts.period_s)
+
+    tr = trace([0.0, 5.0, 8.0], [0, 1, 0])
+    assert [tr.next_online(t) for t in (0.0, 4.5, 5.0, 7.9, 8.0, 100.0)] == \
+        [5.0, 5.0, 5.0, 7.9, np.inf, np.inf]
+    per = trace([0.0, 5.0, 8.0], [0, 1, 0], period=10.0)
+    assert [per.next_online(t) for t in (0.0, 6.0, 8.5, 23.0, 35.0)] == \
+        [5.0, 6.0, 15.0, 25.0, 35.0]
+    assert trace([0.0], [0]).next_online(3.0) == np.inf

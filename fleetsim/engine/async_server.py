@@ -52,6 +52,9 @@ class AsyncServer(Server):
         self._started_since = 0  # jobs started since the last aggregation
         self._t_last = 0.0  # time of the last aggregation
         self._job_deadline: float | None = None
+        #: while fewer jobs run than the concurrency: the first instant an idle device
+        #: comes online (None: not watched, the concurrency is full)
+        self._t_online: float | None = None
         self._check_rules()
         srv = self.settings.server
         #: FedAsync (Xie et al.) mixes an arrival with the current model; FedBuff
@@ -100,11 +103,15 @@ class AsyncServer(Server):
         plan = self.policy.plan(0, self.settings.server.concurrency)
         self._job_deadline = self.settings.deadline_s if not plan.wait_all else None
         self._fill()
-        while True:
-            if self._done(self._version):
-                break
-            if self._heap:
-                t = self._heap[0][0]
+        while not self._done(self._version):
+            t_job = self._heap[0][0] if self._heap else INF
+            # fewer jobs than the concurrency: every idle device is offline now, so the
+            # server also wakes at the first instant one of them comes online
+            t_online = self._t_online if self._t_online is not None else INF
+            t = min(t_job, t_online)
+            if t == INF:  # nobody trains and no idle device ever comes online
+                yield self._idle_wait()
+            else:
                 yield env.timeout(max(t - env.now, 0.0))
                 # every job ending at this instant, in start order, before any new start:
                 # simultaneous arrivals fill the buffer together (so FedBuff with equal
@@ -113,12 +120,27 @@ class AsyncServer(Server):
                 while self._heap and self._heap[0][0] == t:
                     _, jid = heapq.heappop(self._heap)
                     self._job_ended(self._in_flight.pop(jid), t)
-                self._idle = 0
-            else:  # nobody is training: every device busy or offline; look again later
-                yield self._idle_wait()
+                if t_job == t:
+                    self._idle = 0
+                else:  # woken by devices coming online alone: not progress yet
+                    self._count_idle()
+                if t_online <= t:
+                    self._t_online = None  # that device may start now: look again
             if not self._done(self._version):
                 self._fill()
         self._finish()
+
+    def _next_online(self, t: float) -> float:
+        """The first instant after ``t`` at which an idle device is online (every idle
+        device is offline at ``t``: the last fill took all the online ones)."""
+        best = INF
+        busy = self._busy
+        for d in range(self.fleet.n):
+            if d not in busy:
+                e = self.fleet.trace(d).next_online(t)
+                if t < e < best:  # (one online now was not picked: the selector's choice)
+                    best = e
+        return best
 
     def _fill(self) -> None:
         """Start jobs on idle online devices until ``concurrency`` are training."""
@@ -133,6 +155,10 @@ class AsyncServer(Server):
         self.fleet.prefetch(picked)
         for d in sorted(picked):
             self._start_job(d)
+        if len(picked) >= want:
+            self._t_online = None  # full: no need to watch idle devices
+        elif self._t_online is None:
+            self._t_online = self._next_online(t)
 
     def _start_job(self, d: int) -> None:
         cfg = self.settings
@@ -181,6 +207,10 @@ class AsyncServer(Server):
     def _job_ended(self, out: DeviceRound, t: float) -> None:
         srv = self.settings.server
         self._busy.discard(out.device)
+        if self._t_online is not None and not self.fleet.online_at(out.device, t):
+            # watching idle devices: this one joins them, offline (its next online edge)
+            self._t_online = min(self._t_online,
+                                 self.fleet.trace(out.device).next_online(t))
         out.plan = None
         if self._learns:
             self.selector.feedback([self._report(out, self._version)])

@@ -106,6 +106,11 @@ class Server:
     def _idle_wait(self) -> simpy.events.Timeout:
         """Wait ``idle_wait_s`` because no device could start; a run that waits
         :data:`MAX_IDLE_WAITS` times in a row cannot go on, and is an error."""
+        self._count_idle()
+        return self.env.timeout(self.settings.idle_wait_s)
+
+    def _count_idle(self) -> None:
+        """One more wait in a row in which no work could start; too many is an error."""
         cfg = self.settings
         self._idle += 1
         if self._idle > MAX_IDLE_WAITS:
@@ -116,7 +121,6 @@ class Server:
                 f"t={self.env.now - n * cfg.idle_wait_s:g} s), so the run cannot go on. "
                 "Allowed: traces in which devices come online (check with `fleetsim "
                 "traces show`), or a time_budget_s.")
-        return self.env.timeout(cfg.idle_wait_s)
 
     def _done(self, n: int) -> bool:
         """The run is over after ``n`` rounds (aggregations), or at its time budget."""

@@ -256,6 +256,29 @@ class DeviceTrace:
             return (q + 1.0) * p + self._on_t[self._first_off]
         return INF
 
+    def next_online(self, t: float) -> float:
+        """Earliest time >= ``t`` at which the device is online (``inf`` if never): the
+        instant an idle device can first be given work (the asynchronous server wakes
+        then). A linear walk over one period's on/off breakpoints (a few dozen)."""
+        if not 0.0 <= t < INF:
+            if t == INF:
+                return INF
+            raise _bad_time(t)
+        p = self.period_s
+        q, r = (0.0, t) if p is None else split_period(t, p)
+        on_t, on_v = self._on_t, self._on_v
+        k = bisect_right(on_t, r) - 1
+        if on_v[k]:
+            return t
+        for j in range(k + 1, len(on_t)):
+            if on_v[j]:
+                return q * p + on_t[j] if p is not None else on_t[j]
+        if p is not None:
+            for j in range(len(on_t)):
+                if on_v[j]:
+                    return (q + 1.0) * p + on_t[j]
+        return INF
+
 
 class OnlineSignal:
     """Whether one device is online, and nothing else: what selection asks of many devices.
