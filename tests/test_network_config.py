@@ -113,10 +113,11 @@ def test_a_class_bandwidth_trace_is_integrated_and_capped(tmp_path: Path) -> Non
         "topology": {"kind": "hierarchical", "options": {"edges": 1, "edge_up_mbps": 4.0,
                                                          "edge_latency_s": 0.0}}})
     # device 0 (the file's first): 8 Mbit/s capped at the edge's 4 until 10 s, then 2:
-    # 5 MB = 40 Mbit from 5 s: 20 by 10 s, 20 more at 2 by 20 s: 15 s, plus 0.05 s
-    # latency. Down (edge 1000 Mbit/s, no cap): 40 Mbit at 8 by 10 s: 5.05 s
-    assert f.transfer_s(0, 5.0, 5e6, "up") == pytest.approx(15.05, rel=1e-14)
-    assert f.transfer_s(0, 5.0, 5e6, "down") == pytest.approx(5.05, rel=1e-14)
+    # 5 MB = 40 Mbit, latency 0.05 s first: bytes from 5.05 s, 4 x 4.95 = 19.8 Mbit by
+    # 10 s, the other 20.2 at 2 take 10.1 s: done at 20.1, 15.1 s after the start.
+    # Down (edge 1000 Mbit/s, no cap): 8 x 4.95 = 39.6 by 10 s, 0.4 at 2: done at 10.2
+    assert f.transfer_s(0, 5.0, 5e6, "up") == pytest.approx(15.1, rel=1e-14)
+    assert f.transfer_s(0, 5.0, 5e6, "down") == pytest.approx(5.2, rel=1e-14)
     b = f.bandwidth(4)
     assert b is not None and {b.up.rate_mbps_at(t) for t in np.arange(0, 3600, 7.0)} == {1, 3}
     assert b.down.is_constant and b.down.rate_mbps_at(0.0) == 50.0  # the class's default

@@ -1,11 +1,12 @@
 """Bandwidth over time: one device's up or down rate as a piecewise-constant trace.
 
-A transfer of ``nbytes`` that starts sending at ``t0`` has sent its last bit at the
+A transfer of ``nbytes`` whose bytes start to flow at ``t0`` has sent its last bit at the
 ``t1`` where ``integral_{t0}^{t1} rate(t) dt = 8 nbytes / 1e6`` (megabits; the rate is in
 megabit/s like ``uplink_mbps``), found exactly as compute work is: the cumulative
 integral at the breakpoints, one binary search, one interpolation
-(:class:`~fleetsim.traces.device.DeviceTrace` does the integration). It arrives one
-latency later. A trace with one value gives today's time bit for bit:
+(:class:`~fleetsim.traces.device.DeviceTrace` does the integration). As everywhere in
+fleetsim, a transfer's latency comes first and its bytes flow after it. A trace with
+one value gives today's time bit for bit:
 ``latency_s + nbytes * 8 / (mbps * 1e6)``, as :func:`fleetsim.costs.comm_seconds`.
 
 Generators (registered in :data:`BANDWIDTH_GENERATORS`): ``constant``, ``markov_levels``
@@ -105,13 +106,16 @@ class BandwidthTrace:
         return self._int.finish_time(t0, nbytes * 8.0 / 1e6)
 
     def transfer_s(self, t0: float, nbytes: float, latency_s: float) -> float:
-        """Duration of a transfer of ``nbytes`` started at ``t0``: sending time plus
-        latency. A constant trace gives :func:`fleetsim.costs.comm_seconds` exactly."""
+        """Duration of a transfer of ``nbytes`` started at ``t0``: the latency first, then
+        the bytes at the trace's rate from ``t0 + latency_s`` (the engine's convention:
+        :func:`fleetsim.engine.timing.sent`). A constant trace gives
+        :func:`fleetsim.costs.comm_seconds` exactly."""
         if self.is_constant and self._v[0] > 0:
             # fleetsim.costs.comm_seconds's expression, term for term (same bits); not
             # imported because costs imports torch, which the traces layer does without
             return latency_s + nbytes * 8.0 / (self._v[0] * 1e6)
-        return latency_s + (self.send_end_s(t0, nbytes) - t0)
+        start = t0 + latency_s
+        return latency_s + (self.send_end_s(start, nbytes) - start)
 
     def capped(self, max_mbps: float) -> BandwidthTrace:
         """This trace with every rate at most ``max_mbps`` (a path's bottleneck)."""

@@ -43,9 +43,11 @@ STEPS = BandwidthTrace([0.0, 10.0, 30.0], [8.0, 2.0, 16.0])
 
 def test_a_varying_trace_integrates_exactly_by_hand() -> None:
     # 15 MB = 120 Mbit from t0 = 5: 5..10 at 8 -> 40; 10..30 at 2 -> 40; then 40 at 16
-    # -> 2.5 s: the last bit leaves at 32.5, arrives 0.05 s later: 27.55 s in all
+    # -> 2.5 s: the last bit leaves at 32.5
     assert STEPS.send_end_s(5.0, 15e6) == 32.5
-    assert STEPS.transfer_s(5.0, 15e6, 0.05) == pytest.approx(27.55, rel=1e-15)
+    # with 0.05 s of latency first: bytes from 5.05: 39.6 by 10, 79.6 by 30, the last
+    # 40.4 at 16 take 2.525 s: done at 32.525, 27.525 s after the start
+    assert STEPS.transfer_s(5.0, 15e6, 0.05) == pytest.approx(27.525, rel=1e-14)
     assert STEPS.megabits(5.0, 32.5) == pytest.approx(120.0, rel=1e-15)
     assert STEPS.megabits(0.0, 10.0) == 80.0
     # entirely inside one segment: 1 MB = 8 Mbit at 2 Mbit/s from 12: 4 s
