@@ -210,3 +210,41 @@ def test_next_online_by_hand() -> None:
     assert [per.next_online(t) for t in (0.0, 6.0, 8.5, 23.0, 35.0)] == \
         [5.0, 6.0, 15.0, 25.0, 35.0]
     assert trace([0.0], [0]).next_online(3.0) == np.inf
+
+
+# ------------------------------------------------------------------ (3) Oort in async mode
+
+OORT_HALF = ("selector.name=oort", "selector.options.epsilon=0.5",
+             "selector.options.epsilon_decay=1.0", "selector.options.epsilon_min=0.5")
+
+
+def test_oort_in_async_mode_exploits_its_share(step_macs: float) -> None:
+    # 60 devices of four speeds: jobs end one at a time, so the server asks Oort for one
+    # device at a time; floor((1 - 0.5) * 1) = 0 exploited picks, for ever, before the fix
+    speeds = [1.0, 1.1, 1.2, 1.3]
+    text = scenario(step_macs, speeds, mode="timing", rounds=10, conc=4, buf=4,
+                    extra=("fleet.devices=60", *OORT_HALF))
+    log = build(text).engine.run()
+    jobs = sorted(log.timeline, key=lambda o: o.round)
+    ended: dict[int, float] = {}
+    exploited = 0
+    for o in jobs:  # a pick of a device whose earlier job had ended: an exploited pick
+        if o.device in ended and ended[o.device] <= o.t_start:
+            exploited += 1
+        ended[o.device] = min(ended.get(o.device, np.inf), o.t_end)
+    assert len(jobs) >= 40
+    # about half of the picks after the first four (nothing is explored at t=0)
+    assert 0.4 * (len(jobs) - 4) <= exploited <= 0.6 * len(jobs)
+
+
+def test_oort_pacer_runs_once_per_version_in_async_mode(step_macs: float) -> None:
+    sc = scenario(step_macs, [1.0, 2.0], mode="timing", rounds=2,
+                  extra=("selector.name=oort", "selector.options.pacer_step=2"))
+    oort = build(sc).engine.selector
+    oort.exploit_history = [1.0, 1.0, 1.0, 1.0]  # utility stalls: the pacer relaxes T
+    t0 = oort.threshold
+    for _ in range(3):  # three selections from version 2 (a pacer round): one step
+        oort.select_idle(2, 0.0, 1, lambda d: True, np.random.default_rng(0))
+    assert oort.threshold == t0 + oort.options.pacer_delta
+    oort.select_idle(3, 0.0, 1, lambda d: True, np.random.default_rng(0))
+    assert oort.threshold == t0 + oort.options.pacer_delta  # 3 is no pacer round

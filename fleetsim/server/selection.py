@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetsim.errors import UserError
 from fleetsim.registry import Registry
 
 
@@ -45,6 +46,9 @@ class FleetView:
     n_devices: int
     class_of: np.ndarray
     n_samples: np.ndarray
+    #: (device, time) -> its battery's charge as a share of capacity (None: the fleet has
+    #: no batteries; fleetsim.energy)
+    battery_fraction: Callable[[int, float], float] | None = None
 
 
 class Selector:
@@ -172,6 +176,46 @@ class RandomSelector(Selector):
         return online_sample(permutation(rng, big), n, is_available)
 
 
+class BatteryOptions(RandomOptions):
+    min_fraction: float = Field(0.3, ge=0.0, le=1.0, description="skip devices whose "
+                                "battery holds less than this share of its capacity")
+
+
+@SELECTORS.register("battery")
+class BatterySelector(RandomSelector):
+    """Uniformly random among the online devices whose battery is at least
+    ``min_fraction`` full (the example of a selector that sees energy).
+
+    Devices without a battery count as full. A fleet without batteries is refused: the
+    selector would then be plain ``random`` under another name.
+    """
+
+    Options = BatteryOptions
+    options: BatteryOptions
+
+    def __init__(self, options: SelectorOptions, fleet: FleetView) -> None:
+        super().__init__(options, fleet)
+        if fleet.battery_fraction is None:
+            raise UserError("at 'selector.name': selector 'battery' needs batteries. "
+                            "Allowed: fleet.classes[i].energy.battery on some class, or "
+                            "another selector.")
+
+    def _charged(self, now_s: float, ok: Callable[[int], bool]) -> Callable[[int], bool]:
+        frac, low = self.fleet.battery_fraction, self.options.min_fraction
+        assert frac is not None
+        return lambda d: ok(d) and frac(d, now_s) >= low
+
+    def select(self, round: int, now_s: float, n: int, is_online: Callable[[int], bool],
+               rng: np.random.Generator) -> list[int]:
+        return super().select(round, now_s, n, self._charged(now_s, is_online), rng)
+
+    def select_idle(self, version: int, now_s: float, n: int,
+                    is_available: Callable[[int], bool], rng: np.random.Generator
+                    ) -> list[int]:
+        return super().select_idle(version, now_s, n, self._charged(now_s, is_available),
+                                   rng)
+
+
 # ----------------------------------------------------------------------------- Oort
 
 
@@ -228,6 +272,12 @@ class OortSelector(Selector):
         self.explored = np.zeros(n, dtype=bool)
         self.threshold = options.round_threshold
         self.exploit_history: list[float] = []  # utility of the exploited picks, per round
+        # asynchronous mode (select_idle): the round is the model version, asked for a
+        # few devices at a time; the pacer runs once per version, and the exploitation
+        # share is kept over the selections (exploitation owed, carried between them)
+        self._paced_version = -1
+        self._exploit_credit = 0.0
+        self._history_round = -1
 
     def epsilon(self, round: int) -> float:
         o = self.options
@@ -263,12 +313,34 @@ class OortSelector(Selector):
     def select(self, round: int, now_s: float, n: int, is_online: Callable[[int], bool],
                rng: np.random.Generator) -> list[int]:
         self._pace(round)
+        # floor with a tolerance: (1 - 0.3) * 90 is 62.99999999999999 in floating point
+        return self._pick(round, n, math.floor((1.0 - self.epsilon(round)) * n + 1e-9),
+                          is_online, rng)
+
+    def select_idle(self, version: int, now_s: float, n: int,
+                    is_available: Callable[[int], bool], rng: np.random.Generator
+                    ) -> list[int]:
+        """Asynchronous mode: asked for one or a few devices after nearly every arrival,
+        where ``floor((1 - epsilon) * 1)`` would never exploit. Oort's round is the model
+        version: the pacer runs once per version, and the exploitation owed,
+        ``(1 - epsilon) * n`` per selection, is carried from one selection to the next,
+        so over a run the exploited share is ``1 - epsilon`` as in synchronous rounds."""
+        if version != self._paced_version:
+            self._paced_version = version
+            self._pace(version)
+        self._exploit_credit += (1.0 - self.epsilon(version)) * n
+        want = min(n, math.floor(self._exploit_credit + 1e-9))
+        self._exploit_credit -= want
+        return self._pick(version, n, want, is_available, rng)
+
+    def _pick(self, round: int, n: int, n_exploit: int, is_online: Callable[[int], bool],
+              rng: np.random.Generator) -> list[int]:
+        """``n`` devices, ``n_exploit`` of them (at most) by utility, the rest explored."""
         # only explored devices and a window of unexplored ones are checked for being
         # online: a huge fleet's traces are then never all built
         explored = np.array([d for d in np.flatnonzero(self.explored).tolist() if is_online(d)],
                             dtype=int)
-        # floor with a tolerance: (1 - 0.3) * 90 is 62.99999999999999 in floating point
-        n_exploit = min(explored.size, math.floor((1.0 - self.epsilon(round)) * n + 1e-9))
+        n_exploit = min(explored.size, n_exploit)
         fresh = self._fresh_online(n - n_exploit, is_online, rng)
         if fresh.size < n - n_exploit:  # too few unexplored devices: exploit more
             n_exploit = min(explored.size, n - fresh.size)
@@ -278,7 +350,12 @@ class OortSelector(Selector):
             cut = np.sort(score)[::-1][n_exploit - 1] * self.options.cut_off
             cand = np.flatnonzero(score >= cut)
             picked += _weighted(explored[cand], score[cand], n_exploit, rng)
-            self.exploit_history.append(float(self.utility[picked].sum()))
+            # one entry per round (per version in async mode, however many selections)
+            if round == self._history_round and self.exploit_history:
+                self.exploit_history[-1] += float(self.utility[picked].sum())
+            else:
+                self.exploit_history.append(float(self.utility[picked].sum()))
+                self._history_round = round
         n_explore = min(n - len(picked), fresh.size)
         if n_explore:
             # Oort ranks unexplored devices by their initial utility, the samples they hold
