@@ -162,6 +162,12 @@ def validate_components(sc: Any, source: str, overrides: Sequence[str] = ()) -> 
     for key, g in _bandwidth_generators(sc):
         one("bandwidth generator", g.generator, g.options, f"{key}.generator",
             f"{key}.options")
+    if sc.selector.name == "battery" and not any(
+            c.energy is not None and c.energy.battery is not None for c in sc.fleet.classes):
+        raise UserError(f"{source}: at 'selector.name': selector 'battery' skips devices "
+                        "by their battery, and no class has one. Allowed: "
+                        "fleet.classes[i].energy.battery on some class, or another "
+                        "selector.")
 
 
 def _bandwidth_generators(sc: Any) -> list[tuple[str, Any]]:

@@ -117,6 +117,13 @@ class StepObservation:
     costs: CostModel = field(repr=False)
     rng: np.random.Generator = field(repr=False)
     last_vector: Vector | None = None  # this device's previous decision in this round
+    # The world a device sees (fleetsim.energy, fleetsim.traces.bandwidth); the defaults
+    # are a world without energy or bandwidth models, where they change nothing.
+    energy_left_j: float = math.inf  # battery charge above its floor now (inf: no battery)
+    energy_used_j: float = 0.0  # compute joules this device spent so far this round
+    compute_w: float = 0.0  # its compute power at availability 1 (0: no energy model)
+    up_mbps: float = math.nan  # its upload bandwidth now (nan: not modelled here)
+    down_mbps: float = math.nan  # its download bandwidth now
 
 
 @dataclass(frozen=True)

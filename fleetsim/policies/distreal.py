@@ -195,6 +195,42 @@ def check_front_groups(groups: tuple[tuple[str, int], ...], ctx: PolicyContext,
                         "from `fleetsim dse` on a scenario with the same model.")
 
 
+@POLICIES.register("distreal-energy")
+class DistrealEnergy(Distreal):
+    """DISTREAL with an energy budget: before every mini-batch, the front vector with the
+    best convergence proxy whose remaining mini-batches fit the time left *and* whose
+    compute energy fits what is left of the round's budget and of the battery.
+
+    A mini-batch with vector ``v`` costs ``compute_w * MACs(v) / peak`` joules (the
+    compute energy of :mod:`fleetsim.energy`: full-load power times seconds of work at
+    full availability, whatever the availability), so ``steps_left`` of them must fit
+    ``min(energy_budget_j - energy_used_j, energy_left_j)``. Without an energy model
+    (``compute_w`` 0) it chooses as ``distreal`` does.
+    """
+
+    summary = ("DISTREAL whose vector also fits a per-round energy budget and the battery "
+               "(the example of an energy-aware choice)")
+
+    class Options(Distreal.Options):  # type: ignore[name-defined]
+        energy_budget_j: float = Field(math.inf, gt=0, description="compute joules a "
+                                       "device may spend per round (inf: only the "
+                                       "battery limits)")
+
+    def _step_j(self, vec: Vector, obs: StepObservation) -> float:
+        return obs.compute_w * obs.costs.step_macs(vec, obs.batch) / obs.peak_macs_per_s
+
+    def choose(self, obs: StepObservation, steps_left: int) -> Vector | None:
+        o = self.options
+        budget_j = min(o.energy_budget_j - obs.energy_used_j,  # type: ignore[attr-defined]
+                       obs.energy_left_j)
+        time_s = obs.time_left_s
+        for vec in self.candidates:
+            if (steps_left * self._step_s(vec, obs) * o.margin <= time_s  # type: ignore[attr-defined]
+                    and steps_left * self._step_j(vec, obs) <= budget_j):
+                return vec
+        return None
+
+
 @POLICIES.register("uniform-adaptive")
 class UniformAdaptive(CandidatePolicy):
     """Ablation of DISTREAL without per-layer rates: the same rate in every group, the
