@@ -144,6 +144,8 @@ class _Tracer:
     summed: dict[str, Layout] = field(default_factory=dict)  # step -> input it sums over
     steps: list[Step] = field(default_factory=list)
     called: set[str] = field(default_factory=set)  # modules with weights, seen once
+    #: id of every parameter and buffer of a called module -> its name (module.attr)
+    owners: dict[int, str] = field(default_factory=dict)
 
     def new_set(self, channels: int, writer: str | None) -> int:
         s = len(self.parent)
@@ -382,6 +384,15 @@ def _visit_module(t: _Tracer, node: fx.Node, sub: nn.Module, layouts: list[Layou
                         "would be cut by two channel sets at once (shared weights are not "
                         "supported)")
         t.called.add(name)
+        for attr, p in [*sub.named_parameters(recurse=False),
+                        *sub.named_buffers(recurse=False)]:
+            if p is None:
+                continue
+            other = t.owners.setdefault(id(p), f"{name}.{attr}")
+            if other != f"{name}.{attr}":
+                raise _fail(node, t.module, f"its {attr!r} is the same tensor as {other!r} "
+                            "(tied weights): it would be cut by two channel sets at once "
+                            "(shared weights are not supported)")
     if isinstance(sub, _PASS_MODULES):
         t.layouts[node.name] = _single_or_any(t, node, first)
         _add_step(t, node, "call")
