@@ -27,7 +27,7 @@ import numpy as np
 
 from fleetsim._version import __version__
 from fleetsim.config import Scenario
-from fleetsim.engine import ROUND_COLUMNS, STATUS, RunLog
+from fleetsim.engine import ROUND_COLUMNS, STATUS, WORLD_TIMELINE_COLUMNS, RunLog
 from fleetsim.timeunits import UNIT_WORDS, pick_time_unit
 
 TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps", "macs",
@@ -136,6 +136,8 @@ def timeline_arrays(log: RunLog) -> dict[str, np.ndarray]:
         "bytes_down": np.fromiter((o.bytes_down for o in tl), np.int64, len(tl)),
         "bytes_up": np.fromiter((o.bytes_up for o in tl), np.int64, len(tl)),
         "start_version": np.fromiter((o.start_version for o in tl), np.int64, len(tl)),
+        **{c: np.fromiter((getattr(o, c) for o in tl), np.float64, len(tl))
+           for w in sorted(log.world) for c in WORLD_TIMELINE_COLUMNS.get(w, ())},
     }
 
 

@@ -20,8 +20,32 @@ aggregation.
 
 from fleetsim.engine.async_server import ASYNC_REPEAT_STRIDE
 from fleetsim.engine.core import SERVERS, Engine
-from fleetsim.engine.rows import INF, ROUND_COLUMNS, STATUS, DeviceRound, RoundRow, RunLog
+from fleetsim.engine.rows import (
+    INF,
+    ROUND_COLUMNS,
+    STATUS,
+    WORLD_TIMELINE_COLUMNS,
+    DeviceRound,
+    RoundRow,
+    RunLog,
+)
 from fleetsim.engine.settings import EngineSettings
 
-__all__ = ["ASYNC_REPEAT_STRIDE", "INF", "ROUND_COLUMNS", "SERVERS", "STATUS", "DeviceRound",
-           "Engine", "EngineSettings", "RoundRow", "RunLog"]
+#: The world models the engine simulates (``build`` refuses a scenario that configures
+#: another one): per-device bandwidth traces.
+WORLD_FEATURES = frozenset({"bandwidth"})
+
+__all__ = [
+    "ASYNC_REPEAT_STRIDE",
+    "INF",
+    "ROUND_COLUMNS",
+    "SERVERS",
+    "STATUS",
+    "WORLD_FEATURES",
+    "WORLD_TIMELINE_COLUMNS",
+    "DeviceRound",
+    "Engine",
+    "EngineSettings",
+    "RoundRow",
+    "RunLog",
+]

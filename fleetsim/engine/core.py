@@ -63,6 +63,8 @@ class Engine:
         self.log = RunLog()
         self.timer = DeviceTimer(settings, fleet, costs, policy, n_samples)
         self.train_spec = self.timer.train_spec
+        if self.timer.bandwidth:
+            self.log.world = frozenset({"bandwidth"})
         self.server = SERVERS[settings.server.mode](
             settings, self.env, self.timer, fleet, policy, selector, backend, n_samples,
             self.callbacks, server_opt, self.log)

@@ -32,6 +32,9 @@ class Plan:
     #: per mini-batch (start, end, MACs, kept share); recorded (not None) only if the
     #: round can close before every device's fate (over-commitment, async)
     work: list[tuple[float, float, float, float]] | None = None
+    #: the download's and upload's bandwidth traces (None: constant rates)
+    down_tr: Any = None
+    up_tr: Any = None
 
 
 @dataclass(slots=True)  # slots: a long run keeps one per selected device per round
@@ -52,6 +55,10 @@ class DeviceRound:
     job: UpdateJob | None = None  # what to train, for an update that arrived in time
     plan: Plan | None = None  # phase times, only until the round closes
     start_version: int = -1  # the global model version it trained from (sync: the round)
+    # with bandwidth traces (else nan): how long its download and upload took (or would
+    # have taken, for an upload cut short)
+    down_s: float = math.nan
+    up_s: float = math.nan
 
 
 @dataclass(slots=True)
@@ -118,11 +125,18 @@ def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRou
     return {c: getattr(row, c) for c in ROUND_COLUMNS}
 
 
+#: timeline columns (DeviceRound fields) written only when the run simulates the world
+#: model that fills them, so a run without it writes the same files as ever
+WORLD_TIMELINE_COLUMNS: dict[str, tuple[str, ...]] = {"bandwidth": ("down_s", "up_s")}
+
+
 @dataclass
 class RunLog:
-    """Everything a run produced, row by row."""
+    """Everything a run produced, row by row; ``world``: the world models it simulated
+    (keys of :data:`WORLD_TIMELINE_COLUMNS`)."""
 
     rounds: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[DeviceRound] = field(default_factory=list)
     wall_s: float = 0.0
     events: int = 0
+    world: frozenset[str] = frozenset()

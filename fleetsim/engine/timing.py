@@ -64,6 +64,10 @@ class DeviceTimer:
         # steps_of() mini-batches), so the timer may skip building an observation per
         # mini-batch for policies that keep it (FedAvg, FedProx, HeteroFL, ...).
         self._fixed_work = type(policy).decide is Policy.decide
+        # bandwidth traces configured for some class (else every transfer takes the
+        # constant-rate path, untouched)
+        self.bandwidth = any(fleet.bandwidth(d) is not None for d in
+                              _one_per_class(fleet))
 
     def schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
                   deadline_s: float | None, record: bool, key: int | None = None) -> None:
@@ -94,16 +98,28 @@ class DeviceTimer:
         path = fleet.path(d)
         t_off = tr.next_offline(t_start)
         nbytes = costs.model_bytes(a.submodel)
-        down_s, up_s = path.download_s(nbytes), path.upload_s(nbytes)
         lat = path.latency_s
+        bw = fleet.bandwidth(d) if self.bandwidth else None
+        if bw is None:  # constant rates: the same expressions, the same bits, as ever
+            down_s, up_s = path.download_s(nbytes), path.upload_s(nbytes)
+            up_tr = down_tr = None
+        else:
+            # rates that vary over time: a transfer's bytes are the exact integral of its
+            # rate from its start, so the upload's time depends on when it starts
+            # (up_s below is for a start at t; up_at gives it at any other start)
+            down_tr, up_tr = self._capped(d, bw)
+            down_s = down_tr.transfer_s(t_start, nbytes, lat)
+            up_s = up_tr.transfer_s(t_start, nbytes, lat)
 
         # download
         t = t_start + down_s
-        plan = out.plan = Plan(nbytes, lat, t_start, down_s)
+        plan = out.plan = Plan(nbytes, lat, t_start, down_s, down_tr=down_tr, up_tr=up_tr)
+        if self.bandwidth:
+            out.down_s = down_s
         # recorded from the start: a round can close while the device is still downloading
         work = plan.work = [] if record else None
         end, why = phase_end(t, t_off, cutoff)
-        out.bytes_down = sent(nbytes, t_start, down_s, end, lat)
+        out.bytes_down = moved(nbytes, t_start, down_s, end, lat, down_tr)
         if why:
             out.t_end, out.status = end, why
             return
@@ -146,7 +162,8 @@ class DeviceTimer:
             while done < n_fixed:
                 macs = m_short if done == short_at else m_full
                 t_next = finish(t, macs / peak)
-                if partial and t_next + up_s > deadline_abs:
+                if partial and t_next + (up_s if up_tr is None else up_tr.transfer_s(
+                        t_next, nbytes, lat)) > deadline_abs:
                     vec = fixed
                     break  # partial work: send what is done when time is up
                 if t_next > t_off or t_next > cutoff or t_next == INF:
@@ -181,6 +198,8 @@ class DeviceTimer:
                         f"most {cap} are allowed when nothing else ends the round). "
                         "Allowed: a policy whose decide() returns STOP, a deadline_s, or "
                         "policy.options.stragglers other than 'wait'.")
+                if up_tr is not None:
+                    up_s = up_tr.transfer_s(t, nbytes, lat)
                 vec = self.policy.decide(StepObservation(
                     d, cls, out.round, step, t, tr.availability_at(t),
                     deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, vec)).vector
@@ -189,7 +208,8 @@ class DeviceTimer:
                     break
                 macs = costs.step_macs(vec, batch if step != short_at else short_b)
                 t_next = tr.finish_time(t, macs / peak)
-                if a.partial and t_next + up_s > deadline_abs:
+                if a.partial and t_next + (up_s if up_tr is None else up_tr.transfer_s(
+                        t_next, nbytes, lat)) > deadline_abs:
                     break  # partial work: send what is done when time is up
                 share = self.share(vec)
                 if t_next > t_off or t_next > cutoff or t_next == INF:
@@ -212,13 +232,18 @@ class DeviceTimer:
                 macs = costs.step_macs(a.submodel or self.policy.zero,
                                        batch if short_at != 0 else short_b)
                 t_next = tr.finish_time(t, macs / peak)
+            if up_tr is not None:
+                up_s = up_tr.transfer_s(t_next, nbytes, lat)
             out.need_s = t_next + up_s - t_start
             end, why = phase_end(t + lat, t_off, cutoff)
             out.t_end, out.status = end, why or "too_slow"
             return
         # upload
+        if up_tr is not None:
+            up_s = up_tr.transfer_s(t, nbytes, lat)
+            out.up_s = up_s
         end, why = phase_end(t + up_s, t_off, cutoff)
-        out.bytes_up = sent(nbytes, t, up_s, end, lat)
+        out.bytes_up = moved(nbytes, t, up_s, end, lat, up_tr)
         out.t_end = end
         plan.up_start, plan.up_s = t, up_s
         if why:
@@ -264,10 +289,10 @@ class DeviceTimer:
         assert p is not None and p.work is not None, "cut back without recorded work"
         o.bytes_up = 0
         if p.up_start is not None and p.up_start <= t:  # cut off during its upload
-            o.bytes_up = sent(p.nbytes, p.up_start, p.up_s, t, p.latency_s)
+            o.bytes_up = moved(p.nbytes, p.up_start, p.up_s, t, p.latency_s, p.up_tr)
             return
         if p.t_start + p.down_s > t:  # cut off during its download
-            o.bytes_down = sent(p.nbytes, p.t_start, p.down_s, t, p.latency_s)
+            o.bytes_down = moved(p.nbytes, p.t_start, p.down_s, t, p.latency_s, p.down_tr)
         steps, macs, share = 0, 0.0, 0.0
         for t0, t1, m, s in p.work:
             if t1 <= t:
@@ -278,6 +303,11 @@ class DeviceTimer:
                                    float(self.fleet.peak_macs_per_s[o.device]))
             break
         o.steps, o.macs, o.kept_share_sum = steps, macs, share
+
+    def _capped(self, d: int, bw: Any) -> tuple[Any, Any]:
+        """The device's (down, up) bandwidth traces capped by its path's bottleneck."""
+        world = self.fleet._world  # the capped traces fleet.transfer_s itself integrates
+        return world.capped(d, bw, "down"), world.capped(d, bw, "up")
 
     def share(self, vec: tuple[float, ...]) -> float:
         s = self._share_memo.get(vec)
@@ -308,6 +338,28 @@ def sent(nbytes: int, t0: float, phase_s: float, end: float, latency_s: float) -
     if wire_s <= 0.0:
         return 0
     return int(nbytes * min(max((end - t0 - latency_s) / wire_s, 0.0), 1.0))
+
+
+def moved(nbytes: int, t0: float, phase_s: float, end: float, latency_s: float,
+          trace: Any) -> int:
+    """:func:`sent` for a transfer whose rate follows ``trace`` (None: constant): the
+    latency first, then the exact integral of the rate, whole bytes, at most ``nbytes``."""
+    if trace is None:
+        return sent(nbytes, t0, phase_s, end, latency_s)
+    if end >= t0 + phase_s:
+        return nbytes
+    start = t0 + latency_s
+    if end <= start:
+        return 0
+    return min(nbytes, int(trace.megabits(start, end) * 1e6 / 8.0))
+
+
+def _one_per_class(fleet: Fleet) -> list[int]:
+    """One device of each class (their bandwidth models are per class)."""
+    firsts: dict[int, int] = {}
+    for k in np.unique(fleet.class_of).tolist():
+        firsts[k] = int(np.flatnonzero(fleet.class_of == k)[0])
+    return list(firsts.values())
 
 
 def done_macs(tr: Any, t0: float, end: float, macs: float, peak: float) -> float:
