@@ -137,7 +137,9 @@ class FlowNetwork:
     links : link name -> :class:`LinkSpec`
     model : :class:`LinkModel` options
 
-    Times must not go backwards: every call takes a time ``t >= now``.
+    Times must not go backwards: every call takes a time ``t >= now``. Flows live in
+    numpy slots (id, bytes left, rate, own cap, next change...) so that an event costs a
+    few array operations over the active flows, not a Python loop over them.
     """
 
     def __init__(self, links: Mapping[str, LinkSpec], model: LinkModel | None = None) -> None:
@@ -150,11 +152,36 @@ class FlowNetwork:
         self._lat = np.array([links[n].latency_s * m.latency_factor for n in self._names],
                              dtype=np.float64)
         self.now = 0.0
-        self._flows: dict[int, _Flow] = {}
+        self._slot: dict[int, int] = {}  # flow id -> slot
+        self._free: list[int] = []
+        self._src: dict[int, RateSource] = {}  # slot -> own-rate source (varying ones)
+        self._alloc(16)
         self._dirty = False
-        self._order: list[_Flow] = []  # active (sharing) flows by id, after a recompute
         self._link_bytes = np.zeros(len(self._names))
         self._link_busy_s = np.zeros(len(self._names))
+
+    def _alloc(self, size: int) -> None:
+        old = getattr(self, "_id", None)
+        n0 = 0 if old is None else len(old)
+
+        def grow(name: str, fill: float | int | bool, dtype: type) -> None:
+            a = np.full(size, fill, dtype=dtype)
+            if old is not None:
+                a[:n0] = getattr(self, name)
+            setattr(self, name, a)
+
+        grow("_id", -1, np.int64)
+        for name in ("_nbytes", "_rem", "_rate", "_own", "_window"):
+            grow(name, 0.0, np.float64)
+        for name in ("_done_at", "_change_at", "_share_at"):
+            grow(name, INF, np.float64)
+        grow("_used", False, bool)
+        grow("_sharing", False, bool)
+        inc = np.zeros((size, len(self._names)), dtype=bool)
+        if old is not None:
+            inc[:n0] = self._inc
+        self._inc = inc
+        self._free.extend(range(size - 1, n0 - 1, -1))
 
     # -- the caller's interface -------------------------------------------------------
 
@@ -163,7 +190,8 @@ class FlowNetwork:
         """Start a flow of ``nbytes`` at ``t`` over the links ``path`` (names), capped
         by ``own`` (bytes per second, constant or a :class:`RateSource`)."""
         self.advance(t)
-        if flow_id in self._flows:
+        flow_id = int(flow_id)
+        if flow_id in self._slot:
             raise ValueError(f"flow {flow_id} is already active")
         if not (0.0 <= nbytes < INF):
             raise ValueError(f"flow {flow_id}: nbytes {nbytes!r} must be >= 0 and finite")
@@ -172,16 +200,31 @@ class FlowNetwork:
         except KeyError as exc:
             raise ValueError(f"flow {flow_id}: no link named {exc.args[0]!r}; links: "
                              f"{', '.join(self._names)}") from None
-        src = ConstantRate(float(own)) if isinstance(own, int | float) else own
+        if not self._free:
+            self._alloc(2 * len(self._id))
+        k = self._free.pop()
+        self._slot[flow_id] = k
         lat = float(self._lat[idx].sum()) if self.model.latency else 0.0
         window = INF
         if self.model.tcp_window_bytes is not None and lat > 0.0:
             window = self.model.tcp_window_bytes / (2.0 * lat)
-        f = _Flow(int(flow_id), np.asarray(idx, np.int64), float(nbytes), src, window,
-                  t + lat)
-        self._flows[f.flow_id] = f
-        if f.share_at <= t:
-            self._activate(f, t)
+        self._id[k] = flow_id
+        self._used[k] = True
+        self._inc[k] = False
+        self._inc[k, idx] = True
+        self._nbytes[k] = self._rem[k] = float(nbytes)
+        self._rate[k] = 0.0
+        self._window[k] = window
+        self._share_at[k] = t + lat
+        self._done_at[k] = INF
+        if isinstance(own, int | float):
+            self._own[k] = min(float(own), window)
+            self._change_at[k] = INF
+        else:
+            self._src[k] = own
+        self._sharing[k] = False
+        if t + lat <= t:
+            self._activate(k, t)
         self._dirty = True
 
     def remove(self, t: float, flow_id: int) -> float:
@@ -190,9 +233,10 @@ class FlowNetwork:
         Its share is free from ``t`` on: the others' rates are recomputed at ``t``.
         """
         self.advance(t)
-        f = self._flows.pop(flow_id)
-        self._dirty = True
-        return f.nbytes - f.rem
+        k = self._slot[flow_id]
+        moved = float(self._nbytes[k] - self._rem[k])
+        self._release(k)
+        return moved
 
     def next_event(self) -> Event | None:
         """The earliest completion, rate change or start of sharing (None: no flows;
@@ -201,16 +245,20 @@ class FlowNetwork:
         Ties: completions first, then by flow id.
         """
         self._refresh()
-        best: Event | None = None
-        for f in self._flows.values():
-            if not f.sharing:
-                ev = Event(f.share_at, f.flow_id, "share")
-            else:
-                ev = Event(f.done_at, f.flow_id, "done") if f.done_at <= f.change_at \
-                    else Event(f.change_at, f.flow_id, "rate")
-            if best is None or _before(ev, best):
-                best = ev
-        return best
+        if not self._slot:
+            return None
+        used = self._used
+        sh = self._sharing
+        when = np.where(sh, np.minimum(self._done_at, self._change_at), self._share_at)
+        when = np.where(used, when, INF)
+        te = float(when.min())
+        cand = np.flatnonzero(used & (when == te))
+        done = cand[sh[cand] & (self._done_at[cand] <= te)]
+        if len(done):
+            k = int(done[np.argmin(self._id[done])])
+            return Event(te, int(self._id[k]), "done")
+        k = int(cand[np.argmin(self._id[cand])])
+        return Event(te, int(self._id[k]), "rate" if sh[k] else "share")
 
     def advance(self, t: float) -> list[Finished]:
         """Move to time ``t``: every event up to ``t`` happens; returns the flows that
@@ -222,23 +270,22 @@ class FlowNetwork:
             ev = self.next_event()
             if ev is None or ev.time_s > t:
                 break
-            self._move(ev.time_s)
             te = ev.time_s
+            self._move(te)
+            used, sh = self._used, self._sharing
             # everything due at te happens together, in flow-id order
-            for f in sorted(self._flows.values(), key=lambda f: f.flow_id):
-                if not f.sharing:
-                    if f.share_at <= te:
-                        self._activate(f, te)
-                        self._dirty = True
-                    continue
-                if f.rate > 0.0 and f.done_at <= te:
-                    del self._flows[f.flow_id]
-                    out.append(Finished(f.flow_id, te, f.nbytes))
-                    self._dirty = True
-                elif f.change_at <= te:
-                    f.own = min(f.src.rate_bytes_per_s(te), f.window)
-                    f.change_at = f.src.next_change_s(te)
-                    self._dirty = True
+            fin = np.flatnonzero(used & sh & (self._rate > 0.0) & (self._done_at <= te))
+            fin = fin[np.argsort(self._id[fin], kind="stable")]
+            for k in fin.tolist():
+                out.append(Finished(int(self._id[k]), te, float(self._nbytes[k])))
+                self._release(k)
+            for k in np.flatnonzero(used & ~sh & (self._share_at <= te)).tolist():
+                self._activate(k, te)
+            for k in np.flatnonzero(used & sh & (self._change_at <= te)).tolist():
+                src = self._src[k]
+                self._own[k] = min(src.rate_bytes_per_s(te), self._window[k])
+                self._change_at[k] = src.next_change_s(te)
+            self._dirty = True
         self._move(t)
         return out
 
@@ -247,17 +294,17 @@ class FlowNetwork:
     def rate(self, flow_id: int) -> float:
         """The flow's current rate in bytes per second (0 during its latency)."""
         self._refresh()
-        f = self._flows[flow_id]
-        return f.rate if f.sharing else 0.0
+        k = self._slot[flow_id]
+        return float(self._rate[k]) if self._sharing[k] else 0.0
 
     def sent_bytes(self, flow_id: int) -> float:
         """Bytes the flow has moved so far."""
-        f = self._flows[flow_id]
-        return f.nbytes - f.rem
+        k = self._slot[flow_id]
+        return float(self._nbytes[k] - self._rem[k])
 
     def active(self) -> list[int]:
         """Ids of the flows not yet completed or removed."""
-        return sorted(self._flows)
+        return sorted(self._slot)
 
     def link_stats(self) -> dict[str, tuple[float, float]]:
         """Per link: (bytes carried, seconds with at least one flow crossing it)."""
@@ -266,67 +313,56 @@ class FlowNetwork:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _activate(self, f: _Flow, t: float) -> None:
-        f.sharing = True
-        f.own = min(f.src.rate_bytes_per_s(t), f.window)
-        f.change_at = f.src.next_change_s(t)
+    def _release(self, k: int) -> None:
+        del self._slot[int(self._id[k])]
+        self._src.pop(k, None)
+        self._used[k] = self._sharing[k] = False
+        self._id[k] = -1
+        self._rate[k] = 0.0
+        self._done_at[k] = self._change_at[k] = self._share_at[k] = INF
+        self._free.append(k)
+        self._dirty = True
+
+    def _activate(self, k: int, t: float) -> None:
+        self._sharing[k] = True
+        self._share_at[k] = INF
+        src = self._src.get(k)
+        if src is not None:
+            self._own[k] = min(src.rate_bytes_per_s(t), self._window[k])
+            self._change_at[k] = src.next_change_s(t)
 
     def _move(self, t: float) -> None:
         """Let every sharing flow move bytes at its rate from ``now`` to ``t``."""
         self._refresh()
         dt = t - self.now
         if dt > 0.0:
-            load = np.zeros(len(self._names))
-            busy = np.zeros(len(self._names), dtype=bool)
-            for f in self._order:
+            sh = np.flatnonzero(self._sharing)
+            if len(sh):
+                rate = self._rate[sh]
                 # a flow due by t has moved exactly its bytes (done_at is absolute, so
                 # rounding in rem never leaves a sliver that ends a moment later)
-                f.rem = 0.0 if f.done_at <= t else max(f.rem - f.rate * dt, 0.0)
-                load[f.links] += f.rate
-                busy[f.links] = True
-            self._link_bytes += load * dt
-            self._link_busy_s += np.where(busy, dt, 0.0)
+                rem = np.maximum(self._rem[sh] - rate * dt, 0.0)
+                self._rem[sh] = np.where(self._done_at[sh] <= t, 0.0, rem)
+                inc = self._inc[sh]
+                self._link_bytes += (rate @ inc) * dt
+                self._link_busy_s += np.where(inc.any(axis=0), dt, 0.0)
         self.now = t
 
     def _refresh(self) -> None:
         if not self._dirty:
             return
         self._dirty = False
-        order = sorted((f for f in self._flows.values() if f.sharing),
-                       key=lambda f: f.flow_id)
-        self._order = order
-        rates = max_min_rates([f.links for f in order], np.array([f.own for f in order]),
-                              self._cap)
-        for f, r in zip(order, rates):
-            f.rate = float(r)
-            f.done_at = self.now + f.rem / f.rate if f.rate > 0.0 else \
-                (self.now if f.rem == 0.0 else INF)
-
-
-def _before(a: Event, b: Event) -> bool:
-    ka = (a.time_s, a.kind != "done", a.flow_id)
-    kb = (b.time_s, b.kind != "done", b.flow_id)
-    return ka < kb
-
-
-class _Flow:
-    __slots__ = ("change_at", "done_at", "flow_id", "links", "nbytes", "own", "rate", "rem",
-                 "share_at", "sharing", "src", "window")
-
-    def __init__(self, flow_id: int, links: np.ndarray, nbytes: float, src: RateSource,
-                 window: float, share_at: float) -> None:
-        self.flow_id = flow_id
-        self.links = links
-        self.nbytes = nbytes
-        self.rem = nbytes
-        self.src = src
-        self.window = window
-        self.share_at = share_at
-        self.sharing = False
-        self.own = 0.0
-        self.rate = 0.0
-        self.change_at = INF
-        self.done_at = INF
+        sh = np.flatnonzero(self._sharing)
+        if not len(sh):
+            return
+        order = sh[np.argsort(self._id[sh], kind="stable")]  # order-free sums
+        rates = _fill(self._inc[order], self._own[order], self._cap)
+        self._rate[order] = rates
+        rem = self._rem[order]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            done = np.where(rates > 0.0, self.now + rem / rates,
+                            np.where(rem == 0.0, self.now, INF))
+        self._done_at[order] = done
 
 
 def max_min_rates(paths: Sequence[np.ndarray], own: np.ndarray, capacity: np.ndarray
@@ -346,14 +382,18 @@ def max_min_rates(paths: Sequence[np.ndarray], own: np.ndarray, capacity: np.nda
     otherwise every unfixed flow crossing a link with the least share is fixed there.
     Sums run in the flows' given order, so callers that sort flows get order-free bits.
     """
-    n, m = len(paths), len(capacity)
+    inc = np.zeros((len(paths), len(capacity)), dtype=bool)
+    for i, p in enumerate(paths):
+        inc[i, p] = True
+    return _fill(inc, np.asarray(own, dtype=np.float64), capacity)
+
+
+def _fill(inc: np.ndarray, own: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Progressive filling over the incidence matrix ``inc`` (flows x links)."""
+    n, m = inc.shape
     rate = np.zeros(n)
     if n == 0:
         return rate
-    inc = np.zeros((n, m), dtype=bool)
-    for i, p in enumerate(paths):
-        inc[i, p] = True
-    own = np.asarray(own, dtype=np.float64)
     cap_left = capacity.astype(np.float64, copy=True)
     count = inc.sum(axis=0)
     free = np.ones(n, dtype=bool)
