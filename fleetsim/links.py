@@ -24,6 +24,7 @@ capped by ``tcp_window_bytes / (2 * latency)`` of its path.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -137,9 +138,15 @@ class FlowNetwork:
     links : link name -> :class:`LinkSpec`
     model : :class:`LinkModel` options
 
-    Times must not go backwards: every call takes a time ``t >= now``. Flows live in
-    numpy slots (id, bytes left, rate, own cap, next change...) so that an event costs a
-    few array operations over the active flows, not a Python loop over them.
+    Times must not go backwards: every call takes a time ``t >= now``.
+
+    Flows that cross the same links with the same constant own cap always get the same
+    rate (max-min fairness is symmetric), so they are kept together as one *group*: the
+    fill runs over groups with their sizes, and each group keeps its progress
+    ``P(t) = integral of its rate`` and a heap of its flows' targets (progress at the
+    flow's start plus its bytes). A flow ends when its group's progress reaches its
+    target. An event then costs work per group (a handful: device classes x routes), not
+    per flow. A flow with a varying own cap (a bandwidth trace) is a group of its own.
     """
 
     def __init__(self, links: Mapping[str, LinkSpec], model: LinkModel | None = None) -> None:
@@ -151,37 +158,14 @@ class FlowNetwork:
                               for n in self._names], dtype=np.float64)
         self._lat = np.array([links[n].latency_s * m.latency_factor for n in self._names],
                              dtype=np.float64)
+        self._cap_list = self._cap.tolist()
         self.now = 0.0
-        self._slot: dict[int, int] = {}  # flow id -> slot
-        self._free: list[int] = []
-        self._src: dict[int, RateSource] = {}  # slot -> own-rate source (varying ones)
-        self._alloc(16)
+        self._flows: dict[int, _Flow] = {}
+        self._groups: dict[tuple, _Group] = {}
+        self._pending: list[tuple[float, int]] = []  # (share_at, flow id): in latency
         self._dirty = False
         self._link_bytes = np.zeros(len(self._names))
         self._link_busy_s = np.zeros(len(self._names))
-
-    def _alloc(self, size: int) -> None:
-        old = getattr(self, "_id", None)
-        n0 = 0 if old is None else len(old)
-
-        def grow(name: str, fill: float | int | bool, dtype: type) -> None:
-            a = np.full(size, fill, dtype=dtype)
-            if old is not None:
-                a[:n0] = getattr(self, name)
-            setattr(self, name, a)
-
-        grow("_id", -1, np.int64)
-        for name in ("_nbytes", "_rem", "_rate", "_own", "_window"):
-            grow(name, 0.0, np.float64)
-        for name in ("_done_at", "_change_at", "_share_at"):
-            grow(name, INF, np.float64)
-        grow("_used", False, bool)
-        grow("_sharing", False, bool)
-        inc = np.zeros((size, len(self._names)), dtype=bool)
-        if old is not None:
-            inc[:n0] = self._inc
-        self._inc = inc
-        self._free.extend(range(size - 1, n0 - 1, -1))
 
     # -- the caller's interface -------------------------------------------------------
 
@@ -191,41 +175,28 @@ class FlowNetwork:
         by ``own`` (bytes per second, constant or a :class:`RateSource`)."""
         self.advance(t)
         flow_id = int(flow_id)
-        if flow_id in self._slot:
+        if flow_id in self._flows:
             raise ValueError(f"flow {flow_id} is already active")
         if not (0.0 <= nbytes < INF):
             raise ValueError(f"flow {flow_id}: nbytes {nbytes!r} must be >= 0 and finite")
         try:
-            idx = sorted({self._index[name] for name in path})
+            idx = tuple(sorted({self._index[name] for name in path}))
         except KeyError as exc:
             raise ValueError(f"flow {flow_id}: no link named {exc.args[0]!r}; links: "
                              f"{', '.join(self._names)}") from None
-        if not self._free:
-            self._alloc(2 * len(self._id))
-        k = self._free.pop()
-        self._slot[flow_id] = k
-        lat = float(self._lat[idx].sum()) if self.model.latency else 0.0
+        lat = float(self._lat[list(idx)].sum()) if self.model.latency and idx else 0.0
         window = INF
         if self.model.tcp_window_bytes is not None and lat > 0.0:
             window = self.model.tcp_window_bytes / (2.0 * lat)
-        self._id[k] = flow_id
-        self._used[k] = True
-        self._inc[k] = False
-        self._inc[k, idx] = True
-        self._nbytes[k] = self._rem[k] = float(nbytes)
-        self._rate[k] = 0.0
-        self._window[k] = window
-        self._share_at[k] = t + lat
-        self._done_at[k] = INF
-        if isinstance(own, int | float):
-            self._own[k] = min(float(own), window)
-            self._change_at[k] = INF
+        src = None if isinstance(own, int | float) else own
+        f = _Flow(flow_id, idx, float(nbytes), src,
+                  min(float(own), window) if src is None else 0.0, window)
+        self._flows[flow_id] = f
+        if lat > 0.0:
+            f.share_at = t + lat
+            heapq.heappush(self._pending, (f.share_at, flow_id))
         else:
-            self._src[k] = own
-        self._sharing[k] = False
-        if t + lat <= t:
-            self._activate(k, t)
-        self._dirty = True
+            self._join(f, t)
 
     def remove(self, t: float, flow_id: int) -> float:
         """Stop a flow at ``t`` (its device went offline); returns the bytes it moved.
@@ -233,9 +204,12 @@ class FlowNetwork:
         Its share is free from ``t`` on: the others' rates are recomputed at ``t``.
         """
         self.advance(t)
-        k = self._slot[flow_id]
-        moved = float(self._nbytes[k] - self._rem[k])
-        self._release(k)
+        f = self._flows.pop(flow_id)
+        if f.group is None:
+            return 0.0
+        g = f.group
+        moved = min(g.progress - f.start, f.nbytes)
+        self._leave(g)
         return moved
 
     def next_event(self) -> Event | None:
@@ -244,21 +218,27 @@ class FlowNetwork:
 
         Ties: completions first, then by flow id.
         """
-        self._refresh()
-        if not self._slot:
+        if not self._flows:
             return None
-        used = self._used
-        sh = self._sharing
-        when = np.where(sh, np.minimum(self._done_at, self._change_at), self._share_at)
-        when = np.where(used, when, INF)
-        te = float(when.min())
-        cand = np.flatnonzero(used & (when == te))
-        done = cand[sh[cand] & (self._done_at[cand] <= te)]
-        if len(done):
-            k = int(done[np.argmin(self._id[done])])
-            return Event(te, int(self._id[k]), "done")
-        k = int(cand[np.argmin(self._id[cand])])
-        return Event(te, int(self._id[k]), "rate" if sh[k] else "share")
+        self._refresh()
+        best = (INF, 2, 0)
+        for g in self._groups.values():
+            top = g.top(self._flows)
+            if top is not None:
+                best = min(best, (g.done_at(top[0], self.now), 0, top[1]))
+            if g.change_at < INF:
+                best = min(best, (g.change_at, 1, g.flow_id))
+        while self._pending and self._pending[0][1] not in self._flows:
+            heapq.heappop(self._pending)
+        if self._pending:
+            best = min(best, (self._pending[0][0], 1, self._pending[0][1]))
+        if best[1] == 2:  # only stalled flows
+            return Event(INF, min(self._flows), "done")
+        t, kind, fid = best
+        if kind == 1:
+            kind_name = "share" if self._flows[fid].group is None else "rate"
+            return Event(t, fid, kind_name)
+        return Event(t, fid, "done")
 
     def advance(self, t: float) -> list[Finished]:
         """Move to time ``t``: every event up to ``t`` happens; returns the flows that
@@ -271,21 +251,23 @@ class FlowNetwork:
             if ev is None or ev.time_s > t:
                 break
             te = ev.time_s
-            self._move(te)
-            used, sh = self._used, self._sharing
-            # everything due at te happens together, in flow-id order
-            fin = np.flatnonzero(used & sh & (self._rate > 0.0) & (self._done_at <= te))
-            fin = fin[np.argsort(self._id[fin], kind="stable")]
-            for k in fin.tolist():
-                out.append(Finished(int(self._id[k]), te, float(self._nbytes[k])))
-                self._release(k)
-            for k in np.flatnonzero(used & ~sh & (self._share_at <= te)).tolist():
-                self._activate(k, te)
-            for k in np.flatnonzero(used & sh & (self._change_at <= te)).tolist():
-                src = self._src[k]
-                self._own[k] = min(src.rate_bytes_per_s(te), self._window[k])
-                self._change_at[k] = src.next_change_s(te)
-            self._dirty = True
+            done = self._move(te)
+            for fid in sorted(done):  # everything due at te happens together, by id
+                f = self._flows.pop(fid)
+                out.append(Finished(fid, te, f.nbytes))
+                assert f.group is not None
+                self._leave(f.group)
+            while self._pending and self._pending[0][0] <= te:
+                _, fid = heapq.heappop(self._pending)
+                f2 = self._flows.get(fid)
+                if f2 is not None and f2.group is None:
+                    self._join(f2, te)
+            for g in list(self._groups.values()):
+                if g.change_at <= te:
+                    assert g.src is not None
+                    g.own = min(g.src.rate_bytes_per_s(te), g.window)
+                    g.change_at = g.src.next_change_s(te)
+                    self._dirty = True
         self._move(t)
         return out
 
@@ -294,17 +276,17 @@ class FlowNetwork:
     def rate(self, flow_id: int) -> float:
         """The flow's current rate in bytes per second (0 during its latency)."""
         self._refresh()
-        k = self._slot[flow_id]
-        return float(self._rate[k]) if self._sharing[k] else 0.0
+        g = self._flows[flow_id].group
+        return g.rate if g is not None else 0.0
 
     def sent_bytes(self, flow_id: int) -> float:
         """Bytes the flow has moved so far."""
-        k = self._slot[flow_id]
-        return float(self._nbytes[k] - self._rem[k])
+        f = self._flows[flow_id]
+        return 0.0 if f.group is None else min(f.group.progress - f.start, f.nbytes)
 
     def active(self) -> list[int]:
         """Ids of the flows not yet completed or removed."""
-        return sorted(self._slot)
+        return sorted(self._flows)
 
     def link_stats(self) -> dict[str, tuple[float, float]]:
         """Per link: (bytes carried, seconds with at least one flow crossing it)."""
@@ -313,56 +295,129 @@ class FlowNetwork:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _release(self, k: int) -> None:
-        del self._slot[int(self._id[k])]
-        self._src.pop(k, None)
-        self._used[k] = self._sharing[k] = False
-        self._id[k] = -1
-        self._rate[k] = 0.0
-        self._done_at[k] = self._change_at[k] = self._share_at[k] = INF
-        self._free.append(k)
+    def _join(self, f: _Flow, t: float) -> None:
+        if f.src is None:
+            key: tuple = (f.links, f.own, f.window, -1)
+        else:
+            key = (f.links, -1.0, f.window, f.flow_id)
+        g = self._groups.get(key)
+        if g is None:
+            g = self._groups[key] = _Group(key, f, t)
+        f.group = g
+        f.start = g.progress
+        g.count += 1
+        heapq.heappush(g.heap, (g.progress + f.nbytes, f.flow_id))
         self._dirty = True
 
-    def _activate(self, k: int, t: float) -> None:
-        self._sharing[k] = True
-        self._share_at[k] = INF
-        src = self._src.get(k)
-        if src is not None:
-            self._own[k] = min(src.rate_bytes_per_s(t), self._window[k])
-            self._change_at[k] = src.next_change_s(t)
+    def _leave(self, g: _Group) -> None:
+        g.count -= 1
+        if g.count == 0:
+            del self._groups[g.key]
+        self._dirty = True
 
-    def _move(self, t: float) -> None:
-        """Let every sharing flow move bytes at its rate from ``now`` to ``t``."""
+    def _move(self, t: float) -> list[int]:
+        """Let every group progress at its rate from ``now`` to ``t``; the ids of the
+        flows that are complete at ``t``."""
         self._refresh()
         dt = t - self.now
-        if dt > 0.0:
-            sh = np.flatnonzero(self._sharing)
-            if len(sh):
-                rate = self._rate[sh]
-                # a flow due by t has moved exactly its bytes (done_at is absolute, so
-                # rounding in rem never leaves a sliver that ends a moment later)
-                rem = np.maximum(self._rem[sh] - rate * dt, 0.0)
-                self._rem[sh] = np.where(self._done_at[sh] <= t, 0.0, rem)
-                inc = self._inc[sh]
-                self._link_bytes += (rate @ inc) * dt
-                self._link_busy_s += np.where(inc.any(axis=0), dt, 0.0)
+        done: list[int] = []
+        if self._groups:
+            load = [0.0] * len(self._names)
+            busy = [False] * len(self._names)
+            for g in self._groups.values():
+                top = g.top(self._flows)
+                if top is not None and g.done_at(top[0], self.now) <= t:
+                    # the group's progress reaches this flow's target exactly at t
+                    # (set, not summed, so rounding never leaves a sliver for later)
+                    g.progress = max(top[0], g.progress + g.rate * dt)
+                else:
+                    g.progress += g.rate * dt
+                if dt > 0.0:
+                    for k in g.links:
+                        load[k] += g.rate * g.count
+                        busy[k] = True
+                while (top := g.top(self._flows)) is not None and top[0] <= g.progress:
+                    heapq.heappop(g.heap)
+                    done.append(top[1])
+            if dt > 0.0:
+                for k, (x, b) in enumerate(zip(load, busy)):
+                    if b:
+                        self._link_bytes[k] += x * dt
+                        self._link_busy_s[k] += dt
         self.now = t
+        return done
 
     def _refresh(self) -> None:
         if not self._dirty:
             return
         self._dirty = False
-        sh = np.flatnonzero(self._sharing)
-        if not len(sh):
+        if not self._groups:
             return
-        order = sh[np.argsort(self._id[sh], kind="stable")]  # order-free sums
-        rates = _fill(self._inc[order], self._own[order], self._cap)
-        self._rate[order] = rates
-        rem = self._rem[order]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            done = np.where(rates > 0.0, self.now + rem / rates,
-                            np.where(rem == 0.0, self.now, INF))
-        self._done_at[order] = done
+        groups = [self._groups[k] for k in sorted(self._groups)]  # order-free sums
+        if len(groups) <= 16:  # a few groups: plain Python beats numpy's call overhead
+            rates = _fill_small([g.links for g in groups], [g.own for g in groups],
+                                self._cap_list, [g.count for g in groups])
+        else:
+            inc = np.zeros((len(groups), len(self._names)), dtype=bool)
+            for i, g in enumerate(groups):
+                inc[i, list(g.links)] = True
+            rates = _fill(inc, np.array([g.own for g in groups]), self._cap,
+                          np.array([g.count for g in groups], dtype=np.float64)).tolist()
+        for g, r in zip(groups, rates):
+            g.rate = r
+
+
+class _Flow:
+    __slots__ = ("flow_id", "group", "links", "nbytes", "own", "share_at", "src", "start",
+                 "window")
+
+    def __init__(self, flow_id: int, links: tuple[int, ...], nbytes: float,
+                 src: RateSource | None, own: float, window: float) -> None:
+        self.flow_id = flow_id
+        self.links = links
+        self.nbytes = nbytes
+        self.src = src
+        self.own = own
+        self.window = window
+        self.share_at = INF
+        self.group: _Group | None = None
+        self.start = 0.0
+
+
+class _Group:
+    """Flows with the same links and the same constant own cap (or one varying flow)."""
+
+    __slots__ = ("change_at", "count", "flow_id", "heap", "key", "links", "own",
+                 "progress", "rate", "src", "window")
+
+    def __init__(self, key: tuple, f: _Flow, t: float) -> None:
+        self.key = key
+        self.links = f.links
+        self.window = f.window
+        self.src = f.src
+        self.flow_id = f.flow_id
+        if f.src is None:
+            self.own, self.change_at = f.own, INF
+        else:
+            self.own = min(f.src.rate_bytes_per_s(t), f.window)
+            self.change_at = f.src.next_change_s(t)
+        self.count = 0
+        self.heap: list[tuple[float, int]] = []
+        self.progress = 0.0
+        self.rate = 0.0
+
+    def top(self, flows: dict[int, _Flow]) -> tuple[float, int] | None:
+        """The member with the smallest target (dropping removed ones)."""
+        h = self.heap
+        while h and (flows.get(h[0][1]) is None or flows[h[0][1]].group is not self):
+            heapq.heappop(h)
+        return h[0] if h else None
+
+    def done_at(self, target: float, now: float) -> float:
+        left = target - self.progress
+        if left <= 0.0:
+            return now
+        return now + left / self.rate if self.rate > 0.0 else INF
 
 
 def max_min_rates(paths: Sequence[np.ndarray], own: np.ndarray, capacity: np.ndarray
@@ -385,17 +440,20 @@ def max_min_rates(paths: Sequence[np.ndarray], own: np.ndarray, capacity: np.nda
     inc = np.zeros((len(paths), len(capacity)), dtype=bool)
     for i, p in enumerate(paths):
         inc[i, p] = True
-    return _fill(inc, np.asarray(own, dtype=np.float64), capacity)
+    return _fill(inc, np.asarray(own, dtype=np.float64), capacity,
+                 np.ones(len(paths)))
 
 
-def _fill(inc: np.ndarray, own: np.ndarray, capacity: np.ndarray) -> np.ndarray:
-    """Progressive filling over the incidence matrix ``inc`` (flows x links)."""
+def _fill(inc: np.ndarray, own: np.ndarray, capacity: np.ndarray, size: np.ndarray
+          ) -> np.ndarray:
+    """Progressive filling over the incidence matrix ``inc`` (groups x links); group
+    ``i`` is ``size[i]`` flows that each get the rate returned for it."""
     n, m = inc.shape
     rate = np.zeros(n)
     if n == 0:
         return rate
     cap_left = capacity.astype(np.float64, copy=True)
-    count = inc.sum(axis=0)
+    count = size @ inc
     free = np.ones(n, dtype=bool)
     while free.any():
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -412,6 +470,42 @@ def _fill(inc: np.ndarray, own: np.ndarray, capacity: np.ndarray) -> np.ndarray:
             sel = free & inc[:, bott].any(axis=1)
             rate[sel] = level
         free &= ~sel
-        cap_left -= rate[sel] @ inc[sel]
-        count -= inc[sel].sum(axis=0)
+        cap_left -= (rate[sel] * size[sel]) @ inc[sel]
+        count -= size[sel] @ inc[sel]
+    return rate
+
+
+def _fill_small(paths: Sequence[tuple[int, ...]], own: Sequence[float],
+                capacity: Sequence[float], size: Sequence[float]) -> list[float]:
+    """:func:`_fill` for a few groups, in plain Python (the same rule, step by step)."""
+    n = len(paths)
+    rate = [0.0] * n
+    cap_left = list(capacity)
+    count = [0.0] * len(capacity)
+    for p, c in zip(paths, size):
+        for k in p:
+            count[k] += c
+    free = set(range(n))
+    while free:
+        level = INF
+        for k, c in enumerate(count):
+            if c > 0:
+                level = min(level, max(cap_left[k], 0.0) / c)
+        sel = [i for i in sorted(free) if own[i] <= level and own[i] < INF]
+        if sel:
+            for i in sel:
+                rate[i] = own[i]
+        elif level == INF:
+            raise ValueError("a flow crosses no link and has no own rate cap")
+        else:
+            bott = {k for k, c in enumerate(count)
+                    if c > 0 and max(cap_left[k], 0.0) / c == level}
+            sel = [i for i in sorted(free) if bott.intersection(paths[i])]
+            for i in sel:
+                rate[i] = level
+        for i in sel:
+            free.discard(i)
+            for k in paths[i]:
+                cap_left[k] -= rate[i] * size[i]
+                count[k] -= size[i]
     return rate

@@ -162,25 +162,35 @@ def test_max_min_rates_by_hand() -> None:
         max_min_rates([np.array([], np.int64)], np.array([INF]), np.array([1.0]))
 
 
-def test_a_varying_own_rate_changes_the_rates_at_its_breakpoint() -> None:
-    class Step:  # 1 MB/s until 4 s, then 3 MB/s
+def test_a_varying_own_rate_changes_the_rates_at_its_breakpoints() -> None:
+    class Steps:  # 1 MB/s until 4 s, 3 MB/s until 6 s, then 0.5 MB/s
         def rate_bytes_per_s(self, t: float) -> float:
-            return 1 * MB if t < 4.0 else 3 * MB
+            return (1 * MB) if t < 4.0 else (3 * MB) if t < 6.0 else 0.5 * MB
 
         def next_change_s(self, t: float) -> float:
-            return 4.0 if t < 4.0 else INF
+            return 4.0 if t < 4.0 else 6.0 if t < 6.0 else INF
 
-    # link 4 MB/s; flow 0 capped by Step (10 MB), flow 1 unbounded (20 MB).
-    # 0-4 s: rates 1, 3 -> flow 0 has 6 MB left, flow 1 8 MB left.
-    # from 4 s: fair share 2 each (cap 3 does not bind): 0 ends at 7, 1 ends at 8
-    # (1 had 2 MB left at 7 and then the whole 4 MB/s: 7.5). Check: at 7 flow 1 moved 6.
+    # link 4 MB/s; flow 0 capped by Steps (10 MB), flow 1 unbounded (20 MB).
+    # 0-4 s: rates 1, 3 -> 6 MB and 8 MB left. 4-6 s: fair share 2 each (the cap 3 does
+    # not bind) -> 2 and 4 left. From 6 s: 0.5 and 3.5: flow 1 ends at 6 + 4/3.5; flow 0
+    # moves 0.5 MB/s all along from 6 s: its 2 MB end at 10 s.
     net = FlowNetwork({"cell": LinkSpec(4 * MB)})
-    net.start(0.0, 0, ["cell"], 10 * MB, Step())
+    net.start(0.0, 0, ["cell"], 10 * MB, Steps())
     net.start(0.0, 1, ["cell"], 20 * MB, INF)
     assert net.next_event() == (4.0, 0, "rate")
     ends = run_all(net)
-    assert ends[0] == pytest.approx(7.0, rel=1e-13)
-    assert ends[1] == pytest.approx(7.5, rel=1e-13)
+    assert ends[1] == pytest.approx(6.0 + 4.0 / 3.5, rel=1e-13)
+    assert ends[0] == pytest.approx(10.0, rel=1e-13)
+
+
+def test_flows_ending_together_are_reported_by_id() -> None:
+    # caps inf and 2.5 MB/s on 10 MB/s: all four at 2.5 MB/s, 5 MB each: all end at 2 s
+    net = FlowNetwork({"cell": LinkSpec(10 * MB)})
+    for i in (3, 1, 2, 0):
+        net.start(0.0, i, ["cell"], 5 * MB, 2.5 * MB if i % 2 else INF)
+    out = net.advance(10.0)
+    assert [f.flow_id for f in out] == [0, 1, 2, 3]
+    assert [f.end_s for f in out] == pytest.approx([2.0] * 4, rel=1e-15)
 
 
 def test_latency_and_lv08_options() -> None:
@@ -234,3 +244,33 @@ def test_many_capped_flows_at_one_instant_give_the_same_bits_in_any_order() -> N
         order = list(range(15))
         random.Random(s).shuffle(order)
         assert schedule(order) == ref
+
+
+def test_many_groups_take_the_array_path_and_agree_with_the_small_one() -> None:
+    from fleetsim.links import _fill, _fill_small
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n, m = int(rng.integers(1, 40)), int(rng.integers(1, 5))
+        paths = [tuple(sorted(set(rng.integers(0, m, int(rng.integers(1, m + 1))).tolist())))
+                 for _ in range(n)]
+        own = np.where(rng.random(n) < 0.3, INF, rng.uniform(0.1, 5.0, n))
+        cap = rng.uniform(1.0, 20.0, m)
+        size = rng.integers(1, 4, n).astype(float)
+        inc = np.zeros((n, m), dtype=bool)
+        for i, p in enumerate(paths):
+            inc[i, list(p)] = True
+        big = _fill(inc, own, cap, size)
+        small = _fill_small(paths, own.tolist(), cap.tolist(), size.tolist())
+        assert big.tolist() == pytest.approx(small, rel=1e-12)
+        # feasible and max-min: no link over capacity, every flow capped or bottlenecked
+        load = (big * size) @ inc
+        assert np.all(load <= cap * (1 + 1e-12))
+    # 30 flows with distinct caps through the network (30 groups: the array path)
+    caps = np.linspace(0.1, 0.9, 30) * MB
+    net = FlowNetwork({"a": LinkSpec(9 * MB)})
+    for i, c in enumerate(caps):
+        net.start(0.0, i, ["a"], 1 * MB, float(c))
+    want = max_min_rates([np.array([0])] * 30, caps, np.array([9 * MB]))
+    assert [net.rate(i) for i in range(30)] == pytest.approx(want.tolist(), rel=1e-15)
+    assert sum(want) == pytest.approx(9 * MB)  # the link is full: sum of caps is 15 MB
