@@ -27,7 +27,13 @@ import numpy as np
 
 from fleetsim._version import __version__
 from fleetsim.config import Scenario
-from fleetsim.engine import ROUND_COLUMNS, STATUS, WORLD_TIMELINE_COLUMNS, RunLog
+from fleetsim.engine import (
+    ROUND_COLUMNS,
+    STATUS,
+    WORLD_ROUND_COLUMNS,
+    WORLD_TIMELINE_COLUMNS,
+    RunLog,
+)
 from fleetsim.timeunits import UNIT_WORDS, pick_time_unit
 
 TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps", "macs",
@@ -141,8 +147,15 @@ def timeline_arrays(log: RunLog) -> dict[str, np.ndarray]:
     }
 
 
+def round_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`ROUND_COLUMNS`, then the world models' columns the rows have."""
+    extra = [c for cols in WORLD_ROUND_COLUMNS.values() for c in cols
+             if rows and c in rows[0]]
+    return (*ROUND_COLUMNS, *extra)
+
+
 def rounds_arrays(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {c: np.array([r[c] for r in rows]) for c in ROUND_COLUMNS}
+    return {c: np.array([r[c] for r in rows]) for c in round_columns(rows)}
 
 
 def write_run(out_dir: str | os.PathLike[str], sc: Scenario, log: RunLog,
@@ -183,11 +196,13 @@ def _write_into(out: Path, sc: Scenario, log: RunLog, extra: dict[str, Any] | No
 
 
 def write_rounds_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    cols = round_columns(rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(ROUND_COLUMNS)
+    w.writerow(cols)
     for r in rows:
-        w.writerow([_fmt(r[c]) for c in ROUND_COLUMNS])
+        w.writerow([_fmt(r[c]) for c in cols])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 

@@ -24,6 +24,7 @@ from fleetsim.engine.rows import (
     INF,
     ROUND_COLUMNS,
     STATUS,
+    WORLD_ROUND_COLUMNS,
     WORLD_TIMELINE_COLUMNS,
     DeviceRound,
     RoundRow,
@@ -32,8 +33,8 @@ from fleetsim.engine.rows import (
 from fleetsim.engine.settings import EngineSettings
 
 #: The world models the engine simulates (``build`` refuses a scenario that configures
-#: another one): per-device bandwidth traces.
-WORLD_FEATURES = frozenset({"bandwidth"})
+#: another one): per-device bandwidth traces, energy and batteries.
+WORLD_FEATURES = frozenset({"bandwidth", "energy"})
 
 __all__ = [
     "ASYNC_REPEAT_STRIDE",
@@ -42,6 +43,7 @@ __all__ = [
     "SERVERS",
     "STATUS",
     "WORLD_FEATURES",
+    "WORLD_ROUND_COLUMNS",
     "WORLD_TIMELINE_COLUMNS",
     "DeviceRound",
     "Engine",

@@ -150,7 +150,7 @@ class AsyncServer(Server):
             return
         t = self.env.now
         picked = self.selector.select_idle(self._version, t, want,
-                                           OnlineAt(self.fleet, t, self._busy),
+                                           OnlineAt(self.fleet, t, self._busy, self._alive),
                                            stream(cfg.seed, "select", self._jobs))
         self.fleet.prefetch(picked)
         for d in sorted(picked):
@@ -207,6 +207,8 @@ class AsyncServer(Server):
     def _job_ended(self, out: DeviceRound, t: float) -> None:
         srv = self.settings.server
         self._busy.discard(out.device)
+        if self.power is not None:
+            self.power.commit(out)
         if self._t_online is not None and not self.fleet.online_at(out.device, t):
             # watching idle devices: this one joins them, offline (its next online edge)
             self._t_online = min(self._t_online,
@@ -276,7 +278,8 @@ class AsyncServer(Server):
         done = [o for o in buf if o.status == "completed"]
         kept = [s for o, s in zip(buf, stal) if o.status == "completed"]
         row = round_row(r, self._t_last, t, outcomes, done, losses, kept,
-                        selected=self._started_since, acc=acc, loss=loss)
+                        selected=self._started_since, acc=acc, loss=loss,
+                        world=self.log.world)
         self.log.rounds.append(row)
         self.log.timeline.extend(sorted(outcomes, key=lambda o: o.round))
         self._ended = []
@@ -290,7 +293,10 @@ class AsyncServer(Server):
         now = min(self.env.now, self._cutoff(self.env.now, None))
         for out in sorted(self._in_flight.values(), key=lambda o: o.round):
             self.timer.cut_back(out, now)
-            out.status, out.t_end, out.job, out.plan = "not_needed", now, None, None
+            out.status, out.t_end, out.job = "not_needed", now, None
+            if self.power is not None:
+                self.power.commit(out)
+            out.plan = None
             self._ended.append(out)
         for o in self._buffer:  # arrived, but the buffer never filled again
             o.status, o.job = "not_needed", None

@@ -63,8 +63,9 @@ class Engine:
         self.log = RunLog()
         self.timer = DeviceTimer(settings, fleet, costs, policy, n_samples)
         self.train_spec = self.timer.train_spec
-        if self.timer.bandwidth:
-            self.log.world = frozenset({"bandwidth"})
+        self.log.world = frozenset(
+            {"bandwidth"} if self.timer.bandwidth else set()) | frozenset(
+            {"energy"} if self.timer.power is not None else set())
         self.server = SERVERS[settings.server.mode](
             settings, self.env, self.timer, fleet, policy, selector, backend, n_samples,
             self.callbacks, server_opt, self.log)

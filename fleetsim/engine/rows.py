@@ -59,6 +59,10 @@ class DeviceRound:
     # have taken, for an upload cut short)
     down_s: float = math.nan
     up_s: float = math.nan
+    # with an energy model (else nan, False): joules it drew from its start to its end,
+    # and whether its battery reaching the floor ended it ("dropped" at that instant)
+    energy_j: float = math.nan
+    battery_ended: bool = False
 
 
 @dataclass(slots=True)
@@ -99,7 +103,8 @@ ROUND_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RoundRow))
 def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRound],
               done: Sequence[DeviceRound], losses: dict[int, float],
               staleness: Sequence[int] = (), selected: int | None = None,
-              acc: float = math.nan, loss: float = math.nan) -> dict[str, Any]:
+              acc: float = math.nan, loss: float = math.nan,
+              world: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The row of a round whose devices ended as ``outcomes`` (``done``: the aggregated
     ones; ``selected``: jobs started, default ``len(outcomes)``), as a dict by column."""
     count = dict.fromkeys(STATUS, 0)
@@ -122,12 +127,19 @@ def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRou
         staleness_mean=float(np.mean(staleness)) if len(staleness) else 0.0,
         staleness_max=int(max(staleness)) if len(staleness) else 0,
     )
-    return {c: getattr(row, c) for c in ROUND_COLUMNS}
+    out = {c: getattr(row, c) for c in ROUND_COLUMNS}
+    if "energy" in world:  # joules drawn by the round's devices; rounds ended by batteries
+        out["energy_j"] = math.fsum(o.energy_j for o in outcomes if o.energy_j == o.energy_j)
+        out["battery_ended"] = sum(1 for o in outcomes if o.battery_ended)
+    return out
 
 
 #: timeline columns (DeviceRound fields) written only when the run simulates the world
 #: model that fills them, so a run without it writes the same files as ever
-WORLD_TIMELINE_COLUMNS: dict[str, tuple[str, ...]] = {"bandwidth": ("down_s", "up_s")}
+WORLD_TIMELINE_COLUMNS: dict[str, tuple[str, ...]] = {"bandwidth": ("down_s", "up_s"),
+                                                     "energy": ("energy_j", "battery_ended")}
+#: round columns likewise (after :data:`ROUND_COLUMNS`, in this order)
+WORLD_ROUND_COLUMNS: dict[str, tuple[str, ...]] = {"energy": ("energy_j", "battery_ended")}
 
 
 @dataclass

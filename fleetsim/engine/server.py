@@ -5,7 +5,7 @@ cutoffs and the final evaluation (:class:`Server`), and the selectors' view of t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,10 +34,11 @@ class OnlineAt:
     then, and (``prefetch``) the devices it is about to ask about, whose traces a source
     with counter streams then makes together."""
 
-    __slots__ = ("_busy", "_fleet", "_t", "prefetch")
+    __slots__ = ("_alive", "_busy", "_fleet", "_t", "prefetch")
 
-    def __init__(self, fleet: Fleet, t: float, busy: set[int] | None = None) -> None:
-        self._fleet, self._t, self._busy = fleet, t, busy
+    def __init__(self, fleet: Fleet, t: float, busy: set[int] | None = None,
+                 alive: Callable[[int, float], bool] | None = None) -> None:
+        self._fleet, self._t, self._busy, self._alive = fleet, t, busy, alive
         self.prefetch = self._prefetch if fleet.batched else None
 
     def _prefetch(self, devices: Sequence[int]) -> None:
@@ -47,7 +48,10 @@ class OnlineAt:
         """Online at the time (and, in asynchronous mode, not training already)."""
         if self._busy is not None and device in self._busy:
             return False
-        return self._fleet.online_at(device, self._t)
+        if not self._fleet.online_at(device, self._t):
+            return False
+        # with batteries: one at its floor is off until charged back
+        return self._alive is None or self._alive(device, self._t)
 
 
 class Server:
@@ -86,6 +90,8 @@ class Server:
         self.state: dict[str, torch.Tensor] | None = (
             backend.initial_state() if backend is not None else None)
         self._idle = 0  # consecutive idle waits
+        self.power = timer.power  # batteries and joules (None: no energy model)
+        self._alive = self.power.alive if self.power is not None else None
         self._last_eval = -1  # the last round (version) evaluated
 
     def process(self) -> Iterator[simpy.events.Event]:  # pragma: no cover - abstract

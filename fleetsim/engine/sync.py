@@ -37,7 +37,7 @@ class SyncServer(Server):
             t_start = env.now
             plan = self.policy.plan(r, k)
             selected = self.selector.select(r, t_start, plan.select,
-                                            OnlineAt(self.fleet, t_start),
+                                            OnlineAt(self.fleet, t_start, None, self._alive),
                                             stream(cfg.seed, "select", r))
             if not selected:
                 yield self._idle_wait()
@@ -79,7 +79,8 @@ class SyncServer(Server):
                 evaluation = self.backend.start_evaluation(self.state)  # type: ignore[arg-type]
                 self._last_eval = r
             done = [o for o in outcomes if o.status == "completed"]  # without the rejected
-            row = round_row(r, t_start, t_end, outcomes, done, losses)
+            row = round_row(r, t_start, t_end, outcomes, done, losses,
+                            world=self.log.world)
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
             # Selectors learn from training losses and times, never from the evaluation,
@@ -151,6 +152,8 @@ class SyncServer(Server):
                 self.timer.cut_back(o, t_end)
                 o.status = "late" if t_end >= cutoff else "not_needed"
                 o.t_end, o.job = t_end, None
+            if self.power is not None:
+                self.power.commit(o)  # its joules, and its battery spends them
             o.plan = None  # only needed until the round closes
 
     def _aggregate(self, done: list[DeviceRound]) -> dict[int, float]:

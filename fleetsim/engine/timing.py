@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fleetsim.costs import CostModel
+from fleetsim.engine.power import Power
 from fleetsim.engine.rows import DeviceRound, Plan
 from fleetsim.engine.settings import EngineSettings
 from fleetsim.errors import UserError
@@ -66,11 +67,36 @@ class DeviceTimer:
         self._fixed_work = type(policy).decide is Policy.decide
         # bandwidth traces configured for some class (else every transfer takes the
         # constant-rate path, untouched)
-        self.bandwidth = any(fleet.bandwidth(d) is not None for d in
-                              _one_per_class(fleet))
+        firsts = _one_per_class(fleet)
+        self.bandwidth = any(fleet.bandwidth(d) is not None for d in firsts)
+        # energy models configured for some class: joules per device-round, and
+        # batteries that end work (fleetsim.engine.power); else nothing changes
+        self.power: Power | None = None
+        if any(fleet.energy(d) is not None for d in firsts):
+            self.power = Power(fleet)
+        else:
+            self.schedule = self._schedule  # type: ignore[method-assign]  # (no wrapper)
 
     def schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
-                  deadline_s: float | None, record: bool, key: int | None = None) -> None:
+                 deadline_s: float | None, record: bool, key: int | None = None) -> None:
+        """:meth:`_schedule`, and with batteries, the battery's floor as an offline edge:
+        the round worked out alone, then again with the device going offline at the
+        instant its battery, spending that round's draw, reaches its floor."""
+        self._schedule(out, a, cutoff, deadline_s, record, key)
+        assert self.power is not None
+        t_empty = self.power.empty_at(out)
+        if t_empty == INF:
+            return
+        fresh = DeviceRound(out.device, out.round, out.t_start,
+                            start_version=out.start_version)
+        self._schedule(fresh, a, cutoff, deadline_s, record, key, t_off_cap=t_empty)
+        for f in DeviceRound.__slots__:
+            setattr(out, f, getattr(fresh, f))
+        out.battery_ended = out.status == "dropped" and out.t_end == t_empty
+
+    def _schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
+                  deadline_s: float | None, record: bool, key: int | None = None,
+                  t_off_cap: float = INF) -> None:
         """Work out, at the round's start, how one device's round ends if nobody stops it.
 
         Download, training and upload depend only on the cost model, the network path and
@@ -97,6 +123,8 @@ class DeviceTimer:
         tr = fleet.trace(d)
         path = fleet.path(d)
         t_off = tr.next_offline(t_start)
+        if t_off_cap < t_off:  # its battery reaches its floor then
+            t_off = t_off_cap
         nbytes = costs.model_bytes(a.submodel)
         lat = path.latency_s
         bw = fleet.bandwidth(d) if self.bandwidth else None
