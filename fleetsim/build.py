@@ -408,12 +408,26 @@ def _refuse_unsimulated(sc: Scenario, source: str | None) -> None:
     import fleetsim.engine
 
     done = getattr(fleetsim.engine, "WORLD_FEATURES", frozenset())
-    for feature, key in world_features(sc).items():
+    asked = world_features(sc)
+    for feature, key in asked.items():
         if feature not in done:
             raise UserError(f"{source or '<scenario>'}: at '{key}': the engine does not "
                             f"simulate {feature} yet (fleetsim.links, fleetsim.energy and "
                             "fleetsim.traces.bandwidth model it; the engine's integration "
                             "is pending). Allowed: leave it out for now.")
+    # decisions that see energy need the engine to tell them (StepObservation's energy
+    # fields, FleetView.battery_fraction); without it they would decide blind
+    if sc.policy.name == "distreal-energy" and "energy" in asked \
+            and "observations" not in done:
+        raise UserError(f"{source or '<scenario>'}: at 'policy.name': distreal-energy needs "
+                        "the engine to pass energy to policies (StepObservation.compute_w, "
+                        "energy_used_j, energy_left_j), which it does not do yet. Allowed: "
+                        "distreal, or no energy model (then distreal-energy is distreal).")
+    if sc.selector.name == "battery" and "battery_selection" not in done:
+        raise UserError(f"{source or '<scenario>'}: at 'selector.name': selector 'battery' "
+                        "needs the engine to report battery levels to selection "
+                        "(FleetView.battery_fraction), which it does not do yet. Allowed: "
+                        "another selector for now.")
 
 
 def build(sc: Scenario, source: str | None = None, progress: bool = False,

@@ -89,3 +89,20 @@ def test_battery_selector_without_batteries_is_refused(
     p = scenario(tmp_path, classes=CLASSES)
     code, err = run_cli(capsys, "run", str(p), "--set", "selector.name=battery", *TIMING)
     check_error(code, err, str(p), "at 'selector.name'", "no class has one")
+
+
+def test_decisions_the_engine_cannot_inform_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import fleetsim.engine
+
+    done = getattr(fleetsim.engine, "WORLD_FEATURES", frozenset())
+    energy = CLASSES.replace("1.0e7}", "1.0e7, energy: {profile: phone, battery: "
+                             "{capacity_j: 1000}}}")
+    p = scenario(tmp_path, classes=energy)
+    if "energy" in done and "battery_selection" not in done:
+        code, err = run_cli(capsys, "run", str(p), "--set", "selector.name=battery", *TIMING)
+        check_error(code, err, str(p), "at 'selector.name'", "battery levels")
+    if "energy" in done and "observations" not in done:
+        code, err = run_cli(capsys, "run", str(p), "--set", "policy.name=distreal-energy",
+                            *TIMING)
+        check_error(code, err, str(p), "at 'policy.name'", "pass energy to policies")
