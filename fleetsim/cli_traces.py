@@ -29,6 +29,7 @@ EPILOG = """examples:
       --param 'phase_h={dist: uniform, low: -3, high: 3}' -o days.h5
   fleetsim traces import fedscale-behave client_behave_trace -o fedscale.h5
   fleetsim traces import fedscale-capacity client_device_capacity -o classes.yaml
+  fleetsim traces import fedscale-bandwidth client_device_capacity -o bandwidth.csv
   fleetsim traces import csv my_traces.csv --period-s 86400 -o mine.h5
   fleetsim traces record --interval-s 1 --duration-s 600 -o host.h5
   fleetsim traces show week.h5
@@ -176,6 +177,16 @@ def _add_import(tsub: argparse._SubParsersAction) -> None:
                    help="downlink / uplink bandwidth (default 1: FedScale has one bandwidth)")
     c.add_argument("--latency-s", metavar="S", type=float, default=0.05,
                    help="access latency of every class (default 0.05)")
+    w = _add(isub, "fedscale-bandwidth", "FedScale client_device_capacity -> bandwidth CSV",
+             "Each FedScale client's own 'communication' rate (kbit/s, one for both "
+             "directions) as a constant bandwidth: a CSV device,t_s,up_mbps,down_mbps for "
+             "fleet.classes[i].bandwidth.file (device k is the k-th client in id order; "
+             "up = kbit/s / 1000, down = up x --down-up-ratio). See docs/network.md.",
+             cmd_traces_import_bandwidth)
+    w.add_argument("file", help="the client_device_capacity pickle")
+    w.add_argument("-o", "--out", required=True, help="output .csv file")
+    w.add_argument("--down-up-ratio", metavar="X", type=float, default=1.0,
+                   help="downlink / uplink bandwidth (default 1: FedScale has one bandwidth)")
     v = _add(isub, "csv", "CSV device,t_s,availability[,online] -> trace file",
              "A CSV with the header device,t_s,availability or device,t_s,availability,"
              "online; one row per breakpoint, sorted by device (integer ids) then by "
@@ -268,6 +279,18 @@ def cmd_traces_import_capacity(args: argparse.Namespace) -> int:
               f"({res.skipped} skipped)")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_traces_import_bandwidth(args: argparse.Namespace) -> int:
+    from fleetsim.traces.bandwidth import write_csv
+    from fleetsim.traces.importers import capacity_bandwidth
+
+    check_output_file(args.out, "-o", make_parents=False)
+    devs, ids = capacity_bandwidth(args.file, args.down_up_ratio)
+    _out_dir_ok(args.out)
+    write_csv(args.out, devs)
+    print(f"wrote {args.out}: {len(devs)} clients' bandwidth (ids {ids[0]!r}..{ids[-1]!r})")
     return 0
 
 
