@@ -33,8 +33,8 @@ from fleetsim.engine.rows import (
 from fleetsim.engine.settings import EngineSettings
 
 #: The world models the engine simulates (``build`` refuses a scenario that configures
-#: another one): per-device bandwidth traces, energy and batteries.
-WORLD_FEATURES = frozenset({"bandwidth", "energy"})
+#: another one): per-device bandwidth traces, energy and batteries, shared links.
+WORLD_FEATURES = frozenset({"bandwidth", "energy", "sharing"})
 
 __all__ = [
     "ASYNC_REPEAT_STRIDE",

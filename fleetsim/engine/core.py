@@ -25,6 +25,7 @@ from fleetsim.engine.server import Server
 from fleetsim.engine.settings import EngineSettings
 from fleetsim.engine.sync import SyncServer
 from fleetsim.engine.timing import DeviceTimer
+from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
 from fleetsim.policies.base import Policy
 from fleetsim.server.selection import Selector
@@ -65,7 +66,8 @@ class Engine:
         self.train_spec = self.timer.train_spec
         self.log.world = frozenset(
             {"bandwidth"} if self.timer.bandwidth else set()) | frozenset(
-            {"energy"} if self.timer.power is not None else set())
+            {"energy"} if self.timer.power is not None else set()) | frozenset(
+            {"sharing"} if fleet.sharing else set())
         self.server = SERVERS[settings.server.mode](
             settings, self.env, self.timer, fleet, policy, selector, backend, n_samples,
             self.callbacks, server_opt, self.log)
@@ -103,8 +105,16 @@ class Engine:
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 10_000), *thresholds[1:])
         try:
-            self.env.process(self.server.process())
+            proc = self.env.process(self.server.process())
             self.env.run()
+            if proc.is_alive:
+                # nothing left to happen, and the server still waits: transfers stalled
+                # at rate 0 for ever with no deadline (never silently a shorter run)
+                raise UserError(
+                    f"{self.settings.name}: the run stalled at t={self.env.now:g} s: every "
+                    "transfer still running moves at rate 0 for ever and nothing else can "
+                    "end the round. Allowed: links and bandwidth traces with rates above 0, "
+                    "a training.deadline_s, or a training.time_budget_s.")
         finally:
             gc.set_threshold(*thresholds)
             if freeze:

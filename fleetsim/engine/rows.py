@@ -104,7 +104,8 @@ def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRou
               done: Sequence[DeviceRound], losses: dict[int, float],
               staleness: Sequence[int] = (), selected: int | None = None,
               acc: float = math.nan, loss: float = math.nan,
-              world: frozenset[str] = frozenset()) -> dict[str, Any]:
+              world: frozenset[str] = frozenset(), link_busy_s: float = 0.0
+              ) -> dict[str, Any]:
     """The row of a round whose devices ended as ``outcomes`` (``done``: the aggregated
     ones; ``selected``: jobs started, default ``len(outcomes)``), as a dict by column."""
     count = dict.fromkeys(STATUS, 0)
@@ -131,6 +132,9 @@ def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRou
     if "energy" in world:  # joules drawn by the round's devices; rounds ended by batteries
         out["energy_j"] = math.fsum(o.energy_j for o in outcomes if o.energy_j == o.energy_j)
         out["battery_ended"] = sum(1 for o in outcomes if o.battery_ended)
+    if "sharing" in world:  # the busiest shared link's busy share of the round
+        span = t_end - t_start
+        out["link_busy_share"] = link_busy_s / span if span > 0 else 0.0
     return out
 
 
@@ -139,7 +143,8 @@ def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRou
 WORLD_TIMELINE_COLUMNS: dict[str, tuple[str, ...]] = {"bandwidth": ("down_s", "up_s"),
                                                      "energy": ("energy_j", "battery_ended")}
 #: round columns likewise (after :data:`ROUND_COLUMNS`, in this order)
-WORLD_ROUND_COLUMNS: dict[str, tuple[str, ...]] = {"energy": ("energy_j", "battery_ended")}
+WORLD_ROUND_COLUMNS: dict[str, tuple[str, ...]] = {"energy": ("energy_j", "battery_ended"),
+                                                  "sharing": ("link_busy_share",)}
 
 
 @dataclass

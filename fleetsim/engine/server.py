@@ -16,7 +16,8 @@ from fleetsim.backends import Backend
 from fleetsim.callbacks import Callback
 from fleetsim.engine.rows import DeviceRound, RunLog
 from fleetsim.engine.settings import EngineSettings
-from fleetsim.engine.timing import DeviceTimer
+from fleetsim.engine.shared import SharedLinks
+from fleetsim.engine.timing import DeviceTimer, one_per_class
 from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
 from fleetsim.policies.base import Policy
@@ -92,7 +93,30 @@ class Server:
         self._idle = 0  # consecutive idle waits
         self.power = timer.power  # batteries and joules (None: no energy model)
         self._alive = self.power.alive if self.power is not None else None
+        #: shared links (fleet.network.sharing): transfers as SimPy events
+        self.links = SharedLinks(env, fleet) if fleet.sharing else None
+        if self.links is not None:
+            self._refuse_with_sharing()
         self._last_eval = -1  # the last round (version) evaluated
+
+    def _refuse_with_sharing(self) -> None:
+        """What shared links are not combined with yet: an error, never a run that
+        silently leaves one of them out."""
+        cfg = self.settings
+        why = []
+        if cfg.server.mode == "async":
+            why.append("server.mode is 'async' (shared links: sync rounds only, so far)")
+        if self.policy.plan(0, cfg.clients_per_round).keep < \
+                self.policy.plan(0, cfg.clients_per_round).select:
+            why.append("policy.options.stragglers is 'overcommit'")
+        if any(self.fleet.battery(d) is not None for d in one_per_class(self.fleet)):
+            why.append("a class has a battery (energy without one is counted)")
+        if why:
+            raise UserError(
+                f"{cfg.name}: at 'fleet.network.sharing': shared links are simulated in "
+                f"synchronous rounds without over-commitment or batteries, and "
+                f"{'; '.join(why)}. Allowed: sharing 'off' with these, or sync rounds with "
+                "stragglers 'discard' or 'wait' and energy without batteries.")
 
     def process(self) -> Iterator[simpy.events.Event]:  # pragma: no cover - abstract
         raise NotImplementedError

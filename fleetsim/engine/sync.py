@@ -18,6 +18,7 @@ import simpy
 from fleetsim.backends import Evaluation
 from fleetsim.engine.rows import INF, DeviceRound, round_row
 from fleetsim.engine.server import OnlineAt, Server
+from fleetsim.engine.shared import device_round
 from fleetsim.errors import UserError
 from fleetsim.rng import stream
 from fleetsim.server.aggregation import AGGREGATORS
@@ -48,12 +49,22 @@ class SyncServer(Server):
             rng_assign = stream(cfg.seed, "assign", r)
             outcomes = []
             self.fleet.prefetch(selected)
+            procs = []
+            busy0 = self.links.busy_s() if self.links is not None else 0.0
             for d in selected:
                 a = self.policy.assign(r, d, int(self.fleet.class_of[d]), rng_assign)
                 out = DeviceRound(d, r, t_start, start_version=r)
-                timer.schedule(out, timer.checked(a), cutoff, deadline_s,
-                               record=plan.keep < plan.select)
+                if self.links is not None:  # devices interact: a process each
+                    a = timer.checked(a)
+                    procs.append(env.process(device_round(
+                        env, self.links, timer, out, a, cutoff, deadline_s,
+                        self.timer.costs.model_bytes(a.submodel))))
+                else:
+                    timer.schedule(out, timer.checked(a), cutoff, deadline_s,
+                                   record=plan.keep < plan.select)
                 outcomes.append(out)
+            if procs:
+                yield env.all_of(procs)  # (a run that stalls is caught by the engine)
             self._check_can_close(outcomes, cutoff, plan.keep, plan.select, r)
             # Every fate is known now, so the server waits with one timeout for the
             # instant it stops waiting (every fate, the cutoff or the keep-th arrival),
@@ -65,7 +76,7 @@ class SyncServer(Server):
             # short of t: a device that arrived must not look as if it were still working.
             t_end = close_time(outcomes, cutoff, plan.keep if plan.keep < plan.select
                                else None)
-            yield env.timeout(t_end - t_start)
+            yield env.timeout(max(t_end - env.now, 0.0))
             self._close(outcomes, t_end, cutoff, plan.keep)
             done = [o for o in outcomes if o.status == "completed"]
             losses = self._aggregate(done)
@@ -80,7 +91,8 @@ class SyncServer(Server):
                 self._last_eval = r
             done = [o for o in outcomes if o.status == "completed"]  # without the rejected
             row = round_row(r, t_start, t_end, outcomes, done, losses,
-                            world=self.log.world)
+                            world=self.log.world, link_busy_s=(
+                                self.links.busy_s() - busy0 if self.links else 0.0))
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
             # Selectors learn from training losses and times, never from the evaluation,

@@ -67,7 +67,7 @@ class DeviceTimer:
         self._fixed_work = type(policy).decide is Policy.decide
         # bandwidth traces configured for some class (else every transfer takes the
         # constant-rate path, untouched)
-        firsts = _one_per_class(fleet)
+        firsts = one_per_class(fleet)
         self.bandwidth = any(fleet.bandwidth(d) is not None for d in firsts)
         # energy models configured for some class: joules per device-round, and
         # batteries that end work (fleetsim.engine.power); else nothing changes
@@ -96,7 +96,8 @@ class DeviceTimer:
 
     def _schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
                   deadline_s: float | None, record: bool, key: int | None = None,
-                  t_off_cap: float = INF) -> None:
+                  t_off_cap: float = INF, down_s_given: float | None = None,
+                  stop_at_upload: bool = False) -> None:
         """Work out, at the round's start, how one device's round ends if nobody stops it.
 
         Download, training and upload depend only on the cost model, the network path and
@@ -128,6 +129,8 @@ class DeviceTimer:
         nbytes = costs.model_bytes(a.submodel)
         lat = path.latency_s
         bw = fleet.bandwidth(d) if self.bandwidth else None
+        # (shared links: the download's duration comes from the network, and the device
+        # stops before its upload, which the network carries: engine.shared)
         if bw is None:  # constant rates: the same expressions, the same bits, as ever
             down_s, up_s = path.download_s(nbytes), path.upload_s(nbytes)
             up_tr = down_tr = None
@@ -140,6 +143,8 @@ class DeviceTimer:
             up_s = up_tr.transfer_s(t_start, nbytes, lat)
 
         # download
+        if down_s_given is not None:
+            down_s = down_s_given
         t = t_start + down_s
         plan = out.plan = Plan(nbytes, lat, t_start, down_s, down_tr=down_tr, up_tr=up_tr)
         if self.bandwidth:
@@ -267,6 +272,12 @@ class DeviceTimer:
             out.t_end, out.status = end, why or "too_slow"
             return
         # upload
+        if stop_at_upload:
+            plan.up_start = t
+            out.t_end, out.status = t, "uploading"
+            out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
+                                a.reselect, a.offset, self.train_spec.prox_mu, a.samples)
+            return
         if up_tr is not None:
             up_s = up_tr.transfer_s(t, nbytes, lat)
             out.up_s = up_s
@@ -382,7 +393,7 @@ def moved(nbytes: int, t0: float, phase_s: float, end: float, latency_s: float,
     return min(nbytes, int(trace.megabits(start, end) * 1e6 / 8.0))
 
 
-def _one_per_class(fleet: Fleet) -> list[int]:
+def one_per_class(fleet: Fleet) -> list[int]:
     """One device of each class (their bandwidth models are per class)."""
     firsts: dict[int, int] = {}
     for k in np.unique(fleet.class_of).tolist():

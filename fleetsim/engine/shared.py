@@ -1,0 +1,179 @@
+"""Transfers through shared links, as SimPy events (``fleet.network.sharing: max_min``).
+
+Where devices share a link, a device's round can no longer be worked out alone when it
+starts: its transfer's rate changes whenever another transfer crossing one of its links
+starts or ends, or its device goes offline. So here each device of a round is a SimPy
+process (:func:`device_round`): it starts its download as a flow of the download
+:class:`~fleetsim.links.FlowNetwork` and waits for the flow's completion event, or for
+going offline or the cutoff, whichever comes first (then its flow is removed and frees
+its share at that instant); it trains exactly as the timer says (no events per
+mini-batch); it uploads through the upload network the same way. One network process
+(:class:`SharedLinks`) waits with a single timeout for the networks' next event and is
+woken (a SimPy event) whenever a flow starts or is removed, since that moves every other
+flow's completion. Rates are max-min fair, recomputed lazily once per instant over the
+flows sorted by id, so the answer does not depend on the order of events at one
+instant. The schedule still depends on the cost model, the traces and the network
+alone, never on training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Generator
+from typing import Any
+
+import simpy
+
+from fleetsim.engine.rows import DeviceRound
+from fleetsim.engine.timing import DeviceTimer
+from fleetsim.fleet import Fleet
+from fleetsim.links import FlowNetwork
+
+INF = math.inf
+
+
+class SharedLinks:
+    """The upload and download flow networks of a run, driven by one SimPy process."""
+
+    def __init__(self, env: simpy.Environment, fleet: Fleet) -> None:
+        self.env = env
+        self.fleet = fleet
+        links = fleet.links
+        self.nets = {"up": FlowNetwork({n: spec[0] for n, spec in links.items()},
+                                       fleet.link_model),
+                     "down": FlowNetwork({n: spec[1] for n, spec in links.items()},
+                                         fleet.link_model)}
+        self._events: dict[tuple[str, int], simpy.Event] = {}
+        self._ids = itertools.count()
+        self._wake = env.event()
+        self._now = 0.0  # the networks' time (env.now may lag it by an ulp)
+        env.process(self._run())
+
+    def _advance(self, t: float) -> None:
+        """Everything up to ``t`` happens: completed flows' events fire, in time order
+        (ties by flow id), with their exact end times as values."""
+        t = max(t, self._now)
+        self._now = t
+        done = []
+        for direction, net in self.nets.items():
+            done += [(f.end_s, f.flow_id, direction) for f in net.advance(t)]
+        for end_s, fid, direction in sorted(done):
+            self._events.pop((direction, fid)).succeed(end_s)
+
+    def _poke(self) -> None:
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def start(self, direction: str, device: int, t: float, nbytes: int
+              ) -> tuple[int, simpy.Event]:
+        """A flow of ``nbytes`` from ``device`` at ``t``: its id and its completion event."""
+        self._advance(t)
+        t = self._now
+        fid = next(self._ids)
+        self.nets[direction].start(t, fid, self.fleet.route(device), nbytes,
+                                   self.fleet.own_rate(device, direction))
+        ev = self.env.event()
+        self._events[(direction, fid)] = ev
+        self._poke()
+        return fid, ev
+
+    def stop(self, direction: str, fid: int, t: float) -> float:
+        """Remove the flow at ``t`` (its device went offline, or the cutoff came): the
+        bytes it moved. Its share is free from ``t`` on."""
+        self._advance(t)
+        ev = self._events.pop((direction, fid), None)
+        if ev is None:  # it completed at t: the caller sees its event
+            return math.nan
+        moved = self.nets[direction].remove(self._now, fid)
+        self._poke()
+        return moved
+
+    def busy_s(self) -> float:
+        """The largest busy time (seconds with a flow) of any link, either direction."""
+        return max((busy for net in self.nets.values()
+                    for _, busy in net.link_stats().values()), default=0.0)
+
+    def _run(self) -> Generator[simpy.events.Event, Any, None]:
+        env = self.env
+        while True:
+            nxt = [ev.time_s for net in self.nets.values()
+                   if (ev := net.next_event()) is not None]
+            t_next = min(nxt, default=INF)
+            wake = self._wake
+            if t_next == INF:
+                yield wake
+                timed_out = False
+            else:
+                to = env.timeout(max(t_next - env.now, 0.0))
+                yield to | wake
+                timed_out = to.processed
+            if wake.triggered:
+                self._wake = env.event()
+            # the networks' own event time, not env.now (which may land an ulp short)
+            self._advance(t_next if timed_out else env.now)
+
+
+def device_round(env: simpy.Environment, links: SharedLinks, timer: DeviceTimer,
+                 out: DeviceRound, a: Any, cutoff: float, deadline_s: float | None,
+                 nbytes: int) -> Generator[simpy.events.Event, Any, None]:
+    """One device's round over shared links (a SimPy process): download, training (the
+    timer's exact steps), upload; going offline or the cutoff stops it at that instant."""
+    fleet = timer.fleet
+    d, t0 = out.device, out.t_start
+    t_off = fleet.trace(d).next_offline(t0)
+    # the path's latency comes first, as on private links (unless the network models it)
+    lat = 0.0 if fleet.link_model.latency else fleet.path(d).latency_s
+    end, moved, ok = yield from _transfer(env, links, "down", d, t0, lat, nbytes, t_off,
+                                          cutoff)
+    if not ok:
+        out.t_end, out.status, out.bytes_down = end, _why(end, t_off), moved
+        return
+    timer._schedule(out, a, cutoff, deadline_s, record=False, down_s_given=end - t0,
+                    stop_at_upload=True)
+    if out.status != "uploading":  # its fate during training: wait for it
+        yield env.timeout(max(out.t_end - env.now, 0.0))
+        return
+    t_up = out.t_end
+    yield env.timeout(max(t_up - env.now, 0.0))
+    end, moved, ok = yield from _transfer(env, links, "up", d, t_up, lat, nbytes, t_off,
+                                          cutoff)
+    assert out.plan is not None
+    out.plan.up_s = end - t_up
+    out.t_end, out.bytes_up = end, moved
+    if ok:
+        out.status = "completed"
+    else:
+        out.status, out.job = _why(end, t_off), None
+
+
+def _why(end: float, t_off: float) -> str:
+    return "dropped" if end >= t_off else "late"
+
+
+def _transfer(env: simpy.Environment, links: SharedLinks, direction: str, d: int,
+              t: float, lat: float, nbytes: int, t_off: float, cutoff: float
+              ) -> Generator[simpy.events.Event, Any, tuple[float, int, bool]]:
+    """(end, bytes moved, completed) of a transfer from ``t``: latency, then the flow;
+    going offline wins a tie, an arrival at the cutoff counts (as on private links)."""
+    stop = min(t_off, cutoff)
+    if lat > 0.0:
+        if t + lat >= t_off or t + lat > cutoff:
+            yield env.timeout(max(stop - env.now, 0.0))
+            return stop, 0, False
+        yield env.timeout(max(t + lat - env.now, 0.0))
+    fid, ev = links.start(direction, d, t + lat, nbytes)
+    if stop < INF and not ev.triggered:
+        yield ev | env.timeout(max(stop - env.now, 0.0))
+    elif not ev.triggered:
+        yield ev
+    if not ev.triggered:
+        moved = links.stop(direction, fid, stop)
+        if math.isnan(moved):  # it completed exactly at stop
+            end = ev.value
+            return (end, nbytes, True) if end < t_off else (t_off, nbytes, False)
+        return stop, int(moved), False
+    end = ev.value
+    if end >= t_off:
+        return t_off, nbytes, False
+    return end, nbytes, True

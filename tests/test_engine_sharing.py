@@ -1,0 +1,107 @@
+"""The engine with shared links (max-min fair, SimPy processes): hand schedules.
+
+Training is made negligible (1e15 MAC/s) and the model's bytes S are read from a run, so
+times are the transfers' alone; downloads are nearly free (1e6 Mbit/s), uploads share
+the server's access link of capacity C.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetsim.build import build, load_scenario
+from fleetsim.errors import UserError
+
+SHARED = """
+name: shared
+seed: 1
+data: {{dataset: digits, partition: {{name: iid}}}}
+model: {{arch: mlp, options: {{hidden: [8]}}}}
+fleet:
+  devices: {n}
+  assignment: blocks
+  classes:
+{classes}
+  traces: {{file: {traces}}}
+  network:
+    sharing: max_min
+    server_link: {{up_mbps: {cap}, down_mbps: 1.0e6}}
+training:
+  mode: timing
+  rounds: 1
+  clients_per_round: {n}
+  deadline_s: null
+  local_steps: 1
+  batch_size: 16
+selector: {{name: random}}
+"""
+
+
+def _classes(up_mbps: list[float]) -> str:
+    share = 1.0 / len(up_mbps)
+    return "\n".join(f"    - {{name: c{i}, share: {share!r}, peak_macs_per_s: 1.0e15, "
+                     f"uplink_mbps: {u!r}, downlink_mbps: 1.0e6, latency_s: 0.0}}"
+                     for i, u in enumerate(up_mbps))
+
+
+def run(tmp_path: Path, write_trace_file, up_mbps: list[float], cap: float,  # type: ignore[no-untyped-def]
+        online: list | None = None, extra: tuple[str, ...] = ()):
+    from tests.conftest import make_traces
+
+    n = len(up_mbps)
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * n, online, horizon_s=1.0e5))
+    (tmp_path / "s.yaml").write_text(SHARED.format(n=n, classes=_classes(up_mbps),
+                                                   traces="t.h5", cap=cap))
+    return build(load_scenario(tmp_path / "s.yaml", list(extra))).engine.run()
+
+
+def test_n_equal_uploads_over_one_shared_link_end_at_n_s_over_c(tmp_path: Path,
+                                                                 write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    cap_mbps = 8.0  # C = 1e6 bytes/s
+    log = run(tmp_path, write_trace_file, [100.0] * 4, cap_mbps)
+    s = log.timeline[0].bytes_up
+    ends = [o.t_end for o in log.timeline]
+    assert all(o.status == "completed" for o in log.timeline)
+    # every device starts its upload at ~0 (download and training take < 1e-5 s)
+    assert ends == pytest.approx([4 * s / 1e6] * 4, abs=1e-4)
+    assert max(ends) - min(ends) < 1e-9  # equal shares end together
+    assert 0.99 < log.rounds[0]["link_busy_share"] <= 1.0
+
+
+def test_a_slower_own_link_is_capped_and_the_others_share_the_rest(tmp_path: Path,
+                                                                   write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # C = 1e6 B/s; device 0's own uplink is 2 Mbit/s = 0.25e6 B/s < C/3: it is capped,
+    # the other two share 0.75e6 B/s (0.375e6 each) until they end, then device 0 is
+    # still capped by its own link
+    log = run(tmp_path, write_trace_file, [2.0, 100.0, 100.0], 8.0)
+    s = log.timeline[0].bytes_up
+    by = {o.device: o.t_end for o in log.timeline}
+    assert by[1] == pytest.approx(s / 0.375e6, abs=1e-4)
+    assert by[2] == pytest.approx(s / 0.375e6, abs=1e-4)
+    assert by[0] == pytest.approx(s / 0.25e6, abs=1e-4)
+
+
+def test_a_device_going_offline_mid_upload_frees_its_share_at_that_instant(
+        tmp_path: Path, write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # two devices share C = 1e6 B/s; device 0 goes offline at t_off, half way through
+    # what its upload would need; from then device 1 has the whole link
+    probe = run(tmp_path, write_trace_file, [100.0, 100.0], 8.0)
+    s = probe.timeline[0].bytes_up
+    t_off = 0.5 * s / 0.5e6  # device 1 has moved s/2 by then
+    log = run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
+              online=[([0.0, t_off], [1, 0]), ([0.0], [1])])
+    by = {o.device: o for o in log.timeline}
+    assert by[0].status == "dropped" and by[0].t_end == t_off
+    assert abs(by[0].bytes_up - s / 2) <= 2
+    # device 1: s/2 by t_off at C/2, the other half at C
+    assert by[1].t_end == pytest.approx(t_off + (s / 2) / 1e6, abs=1e-4)
+
+
+def test_sharing_refuses_what_it_does_not_combine_with(tmp_path: Path,
+                                                       write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UserError) as e:
+        run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
+            extra=("server.mode=async", "server.concurrency=2", "server.buffer_size=2"))
+    assert "fleet.network.sharing" in str(e.value) and "async" in str(e.value)
