@@ -28,7 +28,7 @@ import simpy
 from fleetsim.engine.rows import DeviceRound
 from fleetsim.engine.timing import DeviceTimer
 from fleetsim.fleet import Fleet
-from fleetsim.links import FlowNetwork
+from fleetsim.links import ConstantRate, FlowNetwork
 
 INF = math.inf
 
@@ -71,8 +71,12 @@ class SharedLinks:
         self._advance(t)
         t = self._now
         fid = next(self._ids)
-        self.nets[direction].start(t, fid, self.fleet.route(device), nbytes,
-                                   self.fleet.own_rate(device, direction))
+        own = self.fleet.own_rate(device, direction)
+        if isinstance(own, ConstantRate):
+            # a number, not a rate source: flows of equal constant caps on one route
+            # then share one group in the network (cost per group, not per flow)
+            own = own.bytes_per_s
+        self.nets[direction].start(t, fid, self.fleet.route(device), nbytes, own)
         ev = self.env.event()
         self._events[(direction, fid)] = ev
         self._poke()
