@@ -140,13 +140,14 @@ class FlowNetwork:
 
     Times must not go backwards: every call takes a time ``t >= now``.
 
-    Flows that cross the same links with the same constant own cap always get the same
-    rate (max-min fairness is symmetric), so they are kept together as one *group*: the
-    fill runs over groups with their sizes, and each group keeps its progress
-    ``P(t) = integral of its rate`` and a heap of its flows' targets (progress at the
-    flow's start plus its bytes). A flow ends when its group's progress reaches its
-    target. An event then costs work per group (a handful: device classes x routes), not
-    per flow. A flow with a varying own cap (a bandwidth trace) is a group of its own.
+    Flows that cross the same links with the same own cap always get the same rate
+    (max-min fairness is symmetric), so they are kept together as one *group*: the fill
+    runs over groups with their sizes, and each group keeps its progress ``P(t) =
+    integral of its rate`` and a heap of its flows' targets (progress at the flow's start
+    plus its bytes). A flow ends when its group's progress reaches its target. An event
+    then costs work per group (a handful: device classes x routes), not per flow. A flow
+    whose own cap varies (a bandwidth trace) moves, with the bytes it has sent, to the
+    group of its new cap at each change.
     """
 
     def __init__(self, links: Mapping[str, LinkSpec], model: LinkModel | None = None) -> None:
@@ -163,6 +164,7 @@ class FlowNetwork:
         self._flows: dict[int, _Flow] = {}
         self._groups: dict[tuple, _Group] = {}
         self._pending: list[tuple[float, int]] = []  # (share_at, flow id): in latency
+        self._changes: list[tuple[float, int]] = []  # (own cap's next change, flow id)
         self._dirty = False
         self._link_bytes = np.zeros(len(self._names))
         self._link_busy_s = np.zeros(len(self._names))
@@ -226,8 +228,10 @@ class FlowNetwork:
             top = g.top(self._flows)
             if top is not None:
                 best = min(best, (g.done_at(top[0], self.now), 0, top[1]))
-            if g.change_at < INF:
-                best = min(best, (g.change_at, 1, g.flow_id))
+        while self._changes and not self._due_change(*self._changes[0]):
+            heapq.heappop(self._changes)
+        if self._changes:
+            best = min(best, (self._changes[0][0], 1, self._changes[0][1]))
         while self._pending and self._pending[0][1] not in self._flows:
             heapq.heappop(self._pending)
         if self._pending:
@@ -262,12 +266,15 @@ class FlowNetwork:
                 f2 = self._flows.get(fid)
                 if f2 is not None and f2.group is None:
                     self._join(f2, te)
-            for g in list(self._groups.values()):
-                if g.change_at <= te:
-                    assert g.src is not None
-                    g.own = min(g.src.rate_bytes_per_s(te), g.window)
-                    g.change_at = g.src.next_change_s(te)
-                    self._dirty = True
+            while self._changes and self._changes[0][0] <= te:
+                entry = heapq.heappop(self._changes)
+                if self._due_change(*entry):  # its own cap changes: to the new cap's group
+                    f3 = self._flows[entry[1]]
+                    g = f3.group
+                    assert g is not None
+                    sent = min(g.progress - f3.start, f3.nbytes)
+                    self._leave(g)
+                    self._join(f3, te, sent)
         self._move(t)
         return out
 
@@ -295,18 +302,28 @@ class FlowNetwork:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _join(self, f: _Flow, t: float) -> None:
-        if f.src is None:
-            key: tuple = (f.links, f.own, f.window, -1)
-        else:
-            key = (f.links, -1.0, f.window, f.flow_id)
+    def _due_change(self, t: float, flow_id: int) -> bool:
+        """Whether a change entry still stands (the flow is sharing, the time its own)."""
+        f = self._flows.get(flow_id)
+        return f is not None and f.group is not None and f.change_at == t
+
+    def _join(self, f: _Flow, t: float, sent: float = 0.0) -> None:
+        """``f`` (having moved ``sent`` bytes) joins the group of its route and its own
+        cap at ``t``; a flow with a varying cap re-joins at each of its changes."""
+        if f.src is not None:
+            f.own = min(f.src.rate_bytes_per_s(t), f.window)
+            f.change_at = f.src.next_change_s(t)
+            if f.change_at < INF:
+                heapq.heappush(self._changes, (f.change_at, f.flow_id))
+        key = (f.links, f.own, f.window)
         g = self._groups.get(key)
         if g is None:
-            g = self._groups[key] = _Group(key, f, t)
+            g = self._groups[key] = _Group(key, f.links)
         f.group = g
-        f.start = g.progress
+        f.start = g.progress - sent
+        f.joins += 1  # entries of earlier joins (another group, or this one before) lapse
         g.count += 1
-        heapq.heappush(g.heap, (g.progress + f.nbytes, f.flow_id))
+        heapq.heappush(g.heap, (f.start + f.nbytes, f.flow_id, f.joins))
         self._dirty = True
 
     def _leave(self, g: _Group) -> None:
@@ -368,8 +385,8 @@ class FlowNetwork:
 
 
 class _Flow:
-    __slots__ = ("flow_id", "group", "links", "nbytes", "own", "share_at", "src", "start",
-                 "window")
+    __slots__ = ("change_at", "flow_id", "group", "joins", "links", "nbytes", "own",
+                 "share_at", "src", "start", "window")
 
     def __init__(self, flow_id: int, links: tuple[int, ...], nbytes: float,
                  src: RateSource | None, own: float, window: float) -> None:
@@ -380,38 +397,36 @@ class _Flow:
         self.own = own
         self.window = window
         self.share_at = INF
+        self.change_at = INF
+        self.joins = 0
         self.group: _Group | None = None
         self.start = 0.0
 
 
 class _Group:
-    """Flows with the same links and the same constant own cap (or one varying flow)."""
+    """Flows with the same links and the same own cap now: ``key = (links, own, window)``."""
 
-    __slots__ = ("change_at", "count", "flow_id", "heap", "key", "links", "own",
-                 "progress", "rate", "src", "window")
+    __slots__ = ("count", "heap", "key", "links", "own", "progress", "rate")
 
-    def __init__(self, key: tuple, f: _Flow, t: float) -> None:
+    def __init__(self, key: tuple, links: tuple[int, ...]) -> None:
         self.key = key
-        self.links = f.links
-        self.window = f.window
-        self.src = f.src
-        self.flow_id = f.flow_id
-        if f.src is None:
-            self.own, self.change_at = f.own, INF
-        else:
-            self.own = min(f.src.rate_bytes_per_s(t), f.window)
-            self.change_at = f.src.next_change_s(t)
+        self.links = links
+        self.own = key[1]
         self.count = 0
-        self.heap: list[tuple[float, int]] = []
+        self.heap: list[tuple[float, int, int]] = []  # (target, flow id, its join)
         self.progress = 0.0
         self.rate = 0.0
 
-    def top(self, flows: dict[int, _Flow]) -> tuple[float, int] | None:
-        """The member with the smallest target (dropping removed ones)."""
+    def top(self, flows: dict[int, _Flow]) -> tuple[float, int, int] | None:
+        """The member with the smallest target (dropping entries that lapsed: the flow
+        ended, was removed, or joined again since)."""
         h = self.heap
-        while h and (flows.get(h[0][1]) is None or flows[h[0][1]].group is not self):
+        while h:
+            f = flows.get(h[0][1])
+            if f is not None and f.group is self and f.joins == h[0][2]:
+                return h[0]
             heapq.heappop(h)
-        return h[0] if h else None
+        return None
 
     def done_at(self, target: float, now: float) -> float:
         left = target - self.progress

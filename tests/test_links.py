@@ -274,3 +274,24 @@ def test_many_groups_take_the_array_path_and_agree_with_the_small_one() -> None:
     want = max_min_rates([np.array([0])] * 30, caps, np.array([9 * MB]))
     assert [net.rate(i) for i in range(30)] == pytest.approx(want.tolist(), rel=1e-15)
     assert sum(want) == pytest.approx(9 * MB)  # the link is full: sum of caps is 15 MB
+
+
+def test_a_cap_that_returns_to_an_earlier_value_rejoins_cleanly() -> None:
+    class Back:  # 1 MB/s, 0.5 MB/s from 4 s, 1 MB/s again from 6 s
+        def rate_bytes_per_s(self, t: float) -> float:
+            return 0.5 * MB if 4.0 <= t < 6.0 else 1 * MB
+
+        def next_change_s(self, t: float) -> float:
+            return 4.0 if t < 4.0 else 6.0 if t < 6.0 else INF
+
+    # no contention (10 MB/s): flow 0 (12 MB) moves 4 by 4 s, 1 more by 6 s, the last 7
+    # at 1 MB/s: ends at 13 s (its first stay in the 1 MB/s group would have ended it at
+    # 12 s: that entry, under flow 1's, must lapse); flow 1 (constant 1 MB/s, 10 MB)
+    # shares flow 0's group before 4 s and after 6 s and ends at 10 s
+    net = FlowNetwork({"a": LinkSpec(10 * MB)})
+    net.start(0.0, 0, ["a"], 12 * MB, Back())
+    net.start(0.0, 1, ["a"], 10 * MB, 1 * MB)
+    net.advance(5.0)
+    assert net.sent_bytes(0) == pytest.approx(4.5 * MB) and net.rate(0) == 0.5 * MB
+    assert run_all(net) == {0: pytest.approx(13.0, rel=1e-13),
+                            1: pytest.approx(10.0, rel=1e-13)}
