@@ -91,8 +91,10 @@ def test_a_device_going_offline_mid_upload_frees_its_share_at_that_instant(
     s = probe.timeline[0].bytes_up
     t_off = 0.5 * s / 0.5e6  # device 1 has moved s/2 by then
     log = run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
-              online=[([0.0, t_off], [1, 0]), ([0.0], [1])])
-    by = {o.device: o for o in log.timeline}
+              online=[([0.0, t_off], [1, 0]), ([0.0], [1])], extra=("training.rounds=2",))
+    by = {o.device: o for o in log.timeline if o.round == 0}
+    # the next round starts when device 1's upload ends (the network woke then)
+    assert log.rounds[1]["t_start_s"] == by[1].t_end
     assert by[0].status == "dropped" and by[0].t_end == t_off
     assert abs(by[0].bytes_up - s / 2) <= 2
     # device 1: s/2 by t_off at C/2, the other half at C
@@ -105,3 +107,29 @@ def test_sharing_refuses_what_it_does_not_combine_with(tmp_path: Path,
         run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
             extra=("server.mode=async", "server.concurrency=2", "server.buffer_size=2"))
     assert "fleet.network.sharing" in str(e.value) and "async" in str(e.value)
+
+
+def test_staggered_starts_by_hand(tmp_path: Path, write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    """C = 1000 B/s; uploads of S bytes start at t = 0, 1 and 2 (training takes 0, 1 and
+    2 s). [0,1): A alone, 1000 B/s; [1,2): A and B, 500 each; from 2: 333.3 each, so A
+    ends at 2 + 3 (S - 1500) / 1000; B has 1000 left then and ends 2 s later at 500 B/s;
+    C has 1500 - 1000 = 500 left then, alone at 1000 B/s: 0.5 s more."""
+    from tests.conftest import make_traces
+    from tests.test_engine_faults import one_step_macs
+
+    macs = one_step_macs()
+    classes = "\n".join(
+        f"    - {{name: c{i}, share: {1 / 3!r}, peak_macs_per_s: {p!r}, uplink_mbps: 100.0, "
+        "downlink_mbps: 1.0e6, latency_s: 0.0}"
+        for i, p in enumerate([1.0e15, macs / 1.0, macs / 2.0]))
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 3, horizon_s=1.0e5))
+    (tmp_path / "s.yaml").write_text(SHARED.format(n=3, classes=classes, traces="t.h5",
+                                                   cap=0.008))
+    log = build(load_scenario(tmp_path / "s.yaml")).engine.run()
+    by = {o.device: o for o in log.timeline}
+    s = by[0].bytes_up
+    assert s > 1500 and all(o.status == "completed" for o in log.timeline)
+    a_end = 2.0 + 3.0 * (s - 1500) / 1000.0
+    assert by[0].t_end == pytest.approx(a_end, abs=1e-5)
+    assert by[1].t_end == pytest.approx(a_end + 2.0, abs=1e-5)
+    assert by[2].t_end == pytest.approx(a_end + 2.5, abs=1e-5)
