@@ -212,6 +212,12 @@ class Fleet:
         return self._world.capped(device, bw, direction).transfer_s(t0, nbytes,
                                                                      path.latency_s)
 
+    def capped_bandwidth(self, device: int, direction: str) -> BandwidthTrace | None:
+        """The device's bandwidth trace capped by the infrastructure's bottleneck (what
+        :meth:`transfer_s` integrates; None: no trace, the constant path holds)."""
+        bw = self._world.bandwidth(device)
+        return None if bw is None else self._world.capped(device, bw, direction)
+
     # -- shared links -----------------------------------------------------------------
 
     @property

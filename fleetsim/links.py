@@ -165,6 +165,7 @@ class FlowNetwork:
         self._groups: dict[tuple, _Group] = {}
         self._pending: list[tuple[float, int]] = []  # (share_at, flow id): in latency
         self._changes: list[tuple[float, int]] = []  # (own cap's next change, flow id)
+        self._held: list[Finished] = []  # completions met inside start/remove
         self._dirty = False
         self._link_bytes = np.zeros(len(self._names))
         self._link_busy_s = np.zeros(len(self._names))
@@ -174,8 +175,15 @@ class FlowNetwork:
     def start(self, t: float, flow_id: int, path: Sequence[str], nbytes: float,
               own: RateSource | float) -> None:
         """Start a flow of ``nbytes`` at ``t`` over the links ``path`` (names), capped
-        by ``own`` (bytes per second, constant or a :class:`RateSource`)."""
-        self.advance(t)
+        by ``own`` (bytes per second, constant or a :class:`RateSource`; a source that
+        never changes from ``t`` on counts as its constant).
+
+        Flows that complete on the way to ``t`` are not lost: the next :meth:`advance`
+        returns them (with their own end times)."""
+        met = self.advance(t)  # (advance replaces _held: extend the new one)
+        self._held.extend(met)
+        if not isinstance(own, int | float) and own.next_change_s(t) == INF:
+            own = float(own.rate_bytes_per_s(t))  # one group for all equal constant caps
         flow_id = int(flow_id)
         if flow_id in self._flows:
             raise ValueError(f"flow {flow_id} is already active")
@@ -204,8 +212,10 @@ class FlowNetwork:
         """Stop a flow at ``t`` (its device went offline); returns the bytes it moved.
 
         Its share is free from ``t`` on: the others' rates are recomputed at ``t``.
+        Flows that complete on the way to ``t`` are returned by the next :meth:`advance`.
         """
-        self.advance(t)
+        met = self.advance(t)  # (advance replaces _held: extend the new one)
+        self._held.extend(met)
         f = self._flows.pop(flow_id)
         if f.group is None:
             return 0.0
@@ -246,10 +256,11 @@ class FlowNetwork:
 
     def advance(self, t: float) -> list[Finished]:
         """Move to time ``t``: every event up to ``t`` happens; returns the flows that
-        completed, in time order (ties by flow id)."""
+        completed, in time order (ties by flow id), those completed on the way to an
+        earlier :meth:`start` or :meth:`remove` first."""
         if t < self.now:
             raise ValueError(f"time {t!r} s is before the network's time {self.now!r} s")
-        out: list[Finished] = []
+        out, self._held = self._held, []
         while True:
             ev = self.next_event()
             if ev is None or ev.time_s > t:

@@ -295,3 +295,17 @@ def test_a_cap_that_returns_to_an_earlier_value_rejoins_cleanly() -> None:
     assert net.sent_bytes(0) == pytest.approx(4.5 * MB) and net.rate(0) == 0.5 * MB
     assert run_all(net) == {0: pytest.approx(13.0, rel=1e-13),
                             1: pytest.approx(10.0, rel=1e-13)}
+
+
+def test_completions_met_inside_start_are_not_lost() -> None:
+    net = FlowNetwork({"a": LinkSpec(1 * MB)})
+    net.start(0.0, 0, ["a"], 1 * MB, INF)  # ends at 1 s
+    net.start(5.0, 1, ["a"], 2 * MB, ConstantRate(1 * MB))  # start moves past 1 s
+    assert net.advance(5.0) == [(0, 1.0, 1 * MB)]
+    net.remove(6.0, 1)
+    assert net.advance(7.0) == [] and net.active() == []
+    # a source that never changes is a constant: equal caps share one group
+    net.start(7.0, 2, ["a"], 1 * MB, ConstantRate(0.25 * MB))
+    net.start(7.0, 3, ["a"], 1 * MB, 0.25 * MB)
+    net.rate(2)
+    assert len(net._groups) == 1

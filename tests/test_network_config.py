@@ -226,3 +226,14 @@ def test_a_model_the_engine_does_not_simulate_is_refused(
     p = scenario(tmp_path, extra, classes)
     code, err = run_cli(capsys, "run", str(p), *TIMING)
     check_error(code, err, str(p), f"the engine does not simulate {feature} yet")
+
+
+def test_capped_bandwidth_is_what_transfer_s_integrates(tmp_path: Path) -> None:
+    csv = tmp_path / "bw.csv"
+    csv.write_text("device,t_s,up_mbps,down_mbps\n0,0,8,8\n0,10,2,2\n1,0,1,1\n")
+    f = fleet({"devices": 2, "classes": [
+        {"name": "a", "share": 1.0, "peak_macs_per_s": 1e9, "bandwidth": {"file": str(csv)}}],
+        "topology": {"kind": "hierarchical", "options": {"edges": 1, "edge_up_mbps": 4.0}}})
+    up = f.capped_bandwidth(0, "up")
+    assert up is not None and [up.rate_mbps_at(t) for t in (0.0, 12.0)] == [4.0, 2.0]
+    assert fleet({}).capped_bandwidth(0, "up") is None
