@@ -94,8 +94,8 @@ def test_fixed_work_shortcut_schedules_exactly_like_the_policy_loop(
         overrides: tuple[str, ...]) -> None:
     fast = build(scenario(300, 12, 20, *overrides)).engine
     slow = build(scenario(300, 12, 20, *overrides)).engine
-    assert fast._fixed_work
-    slow._fixed_work = False  # every mini-batch through an observation and decide()
+    assert fast.timer._fixed_work
+    slow.timer._fixed_work = False  # every mini-batch through an observation and decide()
     a, b = fast.run(), slow.run()
     assert a.rounds == b.rounds
     ta, tb = timeline_arrays(a), timeline_arrays(b)
