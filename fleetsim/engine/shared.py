@@ -18,6 +18,7 @@ alone, never on training.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections.abc import Generator
@@ -48,26 +49,45 @@ class SharedLinks:
         self._ids = itertools.count()
         self._wake = env.event()
         self._now = 0.0  # the networks' time (env.now may lag it by an ulp)
+        #: (stop time, flow id, direction): when a flow is removed unless done by then
+        #: (its device goes offline, or the cutoff): kept here rather than as a SimPy
+        #: timeout per transfer, so a transfer costs one event
+        self._stops: list[tuple[float, int, str]] = []
         env.process(self._run())
 
     def _advance(self, t: float) -> None:
-        """Everything up to ``t`` happens: completed flows' events fire, in time order
-        (ties by flow id), with their exact end times as values."""
+        """Everything up to ``t`` happens, in time order: completed flows' events fire
+        with ``(end, nbytes, True)`` (ties by flow id), flows whose stop time comes are
+        removed and theirs fire with ``(stop, bytes moved, False)``; a completion at a
+        flow's stop time comes first."""
         t = max(t, self._now)
-        self._now = t
-        done = []
-        for direction, net in self.nets.items():
-            done += [(f.end_s, f.flow_id, direction) for f in net.advance(t)]
-        for end_s, fid, direction in sorted(done):
-            self._events.pop((direction, fid)).succeed(end_s)
+        stops = self._stops
+        while True:
+            ts = stops[0][0] if stops else INF
+            upto = min(t, ts)
+            done = []
+            for direction, net in self.nets.items():
+                done += [(f.end_s, f.flow_id, direction, f.nbytes)
+                         for f in net.advance(max(upto, self._now))]
+            for end_s, fid, direction, nbytes in sorted(done):
+                self._events.pop((direction, fid)).succeed((end_s, nbytes, True))
+            self._now = max(upto, self._now)
+            if ts > t:
+                break
+            _, fid, direction = heapq.heappop(stops)
+            ev = self._events.pop((direction, fid), None)
+            if ev is not None:  # still moving: removed now, its share freed
+                moved = self.nets[direction].remove(self._now, fid)
+                ev.succeed((self._now, int(moved), False))
 
     def _poke(self) -> None:
         if not self._wake.triggered:
             self._wake.succeed()
 
-    def start(self, direction: str, device: int, t: float, nbytes: int
-              ) -> tuple[int, simpy.Event]:
-        """A flow of ``nbytes`` from ``device`` at ``t``: its id and its completion event."""
+    def start(self, direction: str, device: int, t: float, nbytes: int, stop: float
+              ) -> simpy.Event:
+        """A flow of ``nbytes`` from ``device`` at ``t``, removed at ``stop`` unless done:
+        its event's value is ``(end, bytes moved, completed)``."""
         self._advance(t)
         t = self._now
         fid = next(self._ids)
@@ -79,19 +99,10 @@ class SharedLinks:
         self.nets[direction].start(t, fid, self.fleet.route(device), nbytes, own)
         ev = self.env.event()
         self._events[(direction, fid)] = ev
+        if stop < INF:
+            heapq.heappush(self._stops, (stop, fid, direction))
         self._poke()
-        return fid, ev
-
-    def stop(self, direction: str, fid: int, t: float) -> float:
-        """Remove the flow at ``t`` (its device went offline, or the cutoff came): the
-        bytes it moved. Its share is free from ``t`` on."""
-        self._advance(t)
-        ev = self._events.pop((direction, fid), None)
-        if ev is None:  # it completed at t: the caller sees its event
-            return math.nan
-        moved = self.nets[direction].remove(self._now, fid)
-        self._poke()
-        return moved
+        return ev
 
     def busy_s(self) -> float:
         """The largest busy time (seconds with a flow) of any link, either direction."""
@@ -103,6 +114,8 @@ class SharedLinks:
         while True:
             nxt = [ev.time_s for net in self.nets.values()
                    if (ev := net.next_event()) is not None]
+            if self._stops:
+                nxt.append(self._stops[0][0])
             t_next = min(nxt, default=INF)
             wake = self._wake
             if t_next == INF:
@@ -166,18 +179,7 @@ def _transfer(env: simpy.Environment, links: SharedLinks, direction: str, d: int
             yield env.timeout(max(stop - env.now, 0.0))
             return stop, 0, False
         yield env.timeout(max(t + lat - env.now, 0.0))
-    fid, ev = links.start(direction, d, t + lat, nbytes)
-    if stop < INF and not ev.triggered:
-        yield ev | env.timeout(max(stop - env.now, 0.0))
-    elif not ev.triggered:
-        yield ev
-    if not ev.triggered:
-        moved = links.stop(direction, fid, stop)
-        if math.isnan(moved):  # it completed exactly at stop
-            end = ev.value
-            return (end, nbytes, True) if end < t_off else (t_off, nbytes, False)
-        return stop, int(moved), False
-    end = ev.value
-    if end >= t_off:
+    end, moved, ok = yield links.start(direction, d, t + lat, nbytes, stop)
+    if ok and end >= t_off:  # done exactly as it goes offline: offline wins the tie
         return t_off, nbytes, False
-    return end, nbytes, True
+    return end, moved, ok
