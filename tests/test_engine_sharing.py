@@ -133,3 +133,21 @@ def test_staggered_starts_by_hand(tmp_path: Path, write_trace_file) -> None:  # 
     assert by[0].t_end == pytest.approx(a_end, abs=1e-5)
     assert by[1].t_end == pytest.approx(a_end + 2.0, abs=1e-5)
     assert by[2].t_end == pytest.approx(a_end + 2.5, abs=1e-5)
+
+
+def test_path_latency_comes_before_the_shared_bytes(tmp_path: Path, write_trace_file
+                                                    ) -> None:  # type: ignore[no-untyped-def]
+    # 0.5 s latency on each device's own link (the network models none): 0.5 s before
+    # the download's bytes, 0.5 s before the upload's; two uploads share C = 1e6 B/s
+    from tests.conftest import make_traces
+
+    classes = "\n".join(
+        f"    - {{name: c{i}, share: 0.5, peak_macs_per_s: 1.0e15, uplink_mbps: 100.0, "
+        "downlink_mbps: 1.0e6, latency_s: 0.5}" for i in range(2))
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 2, horizon_s=1.0e5))
+    (tmp_path / "s.yaml").write_text(SHARED.format(n=2, classes=classes, traces="t.h5",
+                                                   cap=8.0))
+    log = build(load_scenario(tmp_path / "s.yaml")).engine.run()
+    s = log.timeline[0].bytes_up
+    assert [o.t_end for o in log.timeline] == pytest.approx([1.0 + 2 * s / 1e6] * 2,
+                                                             abs=1e-4)

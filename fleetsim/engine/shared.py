@@ -53,6 +53,9 @@ class SharedLinks:
         #: (its device goes offline, or the cutoff): kept here rather than as a SimPy
         #: timeout per transfer, so a transfer costs one event
         self._stops: list[tuple[float, int, str]] = []
+        #: (start time, flow id, direction, device, bytes, stop): flows that start later
+        #: (an upload once training ends), started by the network process at their time
+        self._starts: list[tuple[float, int, str, int, int, float]] = []
         env.process(self._run())
 
     def _advance(self, t: float) -> None:
@@ -61,9 +64,9 @@ class SharedLinks:
         removed and theirs fire with ``(stop, bytes moved, False)``; a completion at a
         flow's stop time comes first."""
         t = max(t, self._now)
-        stops = self._stops
+        stops, starts = self._stops, self._starts
         while True:
-            ts = stops[0][0] if stops else INF
+            ts = min(stops[0][0] if stops else INF, starts[0][0] if starts else INF)
             upto = min(t, ts)
             done = []
             for direction, net in self.nets.items():
@@ -74,6 +77,10 @@ class SharedLinks:
             self._now = max(upto, self._now)
             if ts > t:
                 break
+            if starts and starts[0][0] == ts and not (stops and stops[0][0] < ts):
+                _, fid, direction, device, nbytes, stop = heapq.heappop(starts)
+                self._start_now(direction, device, fid, nbytes, stop)
+                continue
             _, fid, direction = heapq.heappop(stops)
             ev = self._events.pop((direction, fid), None)
             if ev is not None:  # still moving: removed now, its share freed
@@ -88,21 +95,28 @@ class SharedLinks:
               ) -> simpy.Event:
         """A flow of ``nbytes`` from ``device`` at ``t``, removed at ``stop`` unless done:
         its event's value is ``(end, bytes moved, completed)``."""
-        self._advance(t)
-        t = self._now
+        ev = self.env.event()
         fid = next(self._ids)
+        self._events[(direction, fid)] = ev
+        if t > self._now:  # later: the network process starts it then (no SimPy timeout)
+            heapq.heappush(self._starts, (t, fid, direction, device, nbytes, stop))
+        else:
+            self._advance(t)
+            self._start_now(direction, device, fid, nbytes, stop)
+        self._poke()
+        return ev
+
+    def _start_now(self, direction: str, device: int, fid: int, nbytes: int,
+                   stop: float) -> None:
+        t = self._now
         own = self.fleet.own_rate(device, direction)
         if isinstance(own, ConstantRate):
             # a number, not a rate source: flows of equal constant caps on one route
             # then share one group in the network (cost per group, not per flow)
             own = own.bytes_per_s
         self.nets[direction].start(t, fid, self.fleet.route(device), nbytes, own)
-        ev = self.env.event()
-        self._events[(direction, fid)] = ev
         if stop < INF:
             heapq.heappush(self._stops, (stop, fid, direction))
-        self._poke()
-        return ev
 
     def busy_s(self) -> float:
         """The largest busy time (seconds with a flow) of any link, either direction."""
@@ -116,6 +130,8 @@ class SharedLinks:
                    if (ev := net.next_event()) is not None]
             if self._stops:
                 nxt.append(self._stops[0][0])
+            if self._starts:
+                nxt.append(self._starts[0][0])
             t_next = min(nxt, default=INF)
             wake = self._wake
             if t_next == INF:
@@ -151,8 +167,7 @@ def device_round(env: simpy.Environment, links: SharedLinks, timer: DeviceTimer,
     if out.status != "uploading":  # its fate during training: wait for it
         yield env.timeout(max(out.t_end - env.now, 0.0))
         return
-    t_up = out.t_end
-    yield env.timeout(max(t_up - env.now, 0.0))
+    t_up = out.t_end  # the upload starts then (the network process starts it)
     end, moved, ok = yield from _transfer(env, links, "up", d, t_up, lat, nbytes, t_off,
                                           cutoff)
     assert out.plan is not None
@@ -174,11 +189,9 @@ def _transfer(env: simpy.Environment, links: SharedLinks, direction: str, d: int
     """(end, bytes moved, completed) of a transfer from ``t``: latency, then the flow;
     going offline wins a tie, an arrival at the cutoff counts (as on private links)."""
     stop = min(t_off, cutoff)
-    if lat > 0.0:
-        if t + lat >= t_off or t + lat > cutoff:
-            yield env.timeout(max(stop - env.now, 0.0))
-            return stop, 0, False
-        yield env.timeout(max(t + lat - env.now, 0.0))
+    if lat > 0.0 and (t + lat >= t_off or t + lat > cutoff):
+        yield env.timeout(max(stop - env.now, 0.0))
+        return stop, 0, False
     end, moved, ok = yield links.start(direction, d, t + lat, nbytes, stop)
     if ok and end >= t_off:  # done exactly as it goes offline: offline wins the tie
         return t_off, nbytes, False
