@@ -240,6 +240,12 @@ class NetworkConfig(Section):
                        "13.01, capacity x 0.97, each transfer capped by 4 MiB / (2 x "
                        "latency)); implies latency")
 
+    @field_validator("sharing", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: take it as the word it was written as
+        return "off" if v is False else v
+
 
 class FleetConfig(Section):
     devices: int = Field(100, ge=1, description="number of devices in the fleet")

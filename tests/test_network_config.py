@@ -237,3 +237,13 @@ def test_capped_bandwidth_is_what_transfer_s_integrates(tmp_path: Path) -> None:
     up = f.capped_bandwidth(0, "up")
     assert up is not None and [up.rate_mbps_at(t) for t in (0.0, 12.0)] == [4.0, 2.0]
     assert fleet({}).capped_bandwidth(0, "up") is None
+
+
+def test_sharing_off_written_bare_in_yaml_is_off(tmp_path: Path) -> None:
+    from fleetsim.build import load_scenario
+
+    p = scenario(tmp_path, "  network: {sharing: off}\n")
+    assert load_scenario(p).fleet.network.sharing == "off"
+    p = scenario(tmp_path, "  network: {sharing: on}\n")  # true is not a sharing model
+    with pytest.raises(Exception, match="sharing"):
+        load_scenario(p)
