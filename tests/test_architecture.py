@@ -97,6 +97,11 @@ LOADER = ("fleetsim.scenario",)
     # inside the engine: one device's timing knows no server; each server knows not the
     # other; the row definitions know nothing of the engine's other parts
     ("fleetsim.engine.timing", ("fleetsim.engine.server", "fleetsim.engine.sync",
+                                "fleetsim.engine.async_server", "fleetsim.engine.core",
+                                "fleetsim.engine.shared")),
+    ("fleetsim.engine.power", ("fleetsim.engine.timing", "fleetsim.engine.server",
+                               "fleetsim.engine.shared", "fleetsim.engine.core")),
+    ("fleetsim.engine.shared", ("fleetsim.engine.server", "fleetsim.engine.sync",
                                 "fleetsim.engine.async_server", "fleetsim.engine.core")),
     ("fleetsim.engine.sync", ("fleetsim.engine.async_server", "fleetsim.engine.core")),
     ("fleetsim.engine.async_server", ("fleetsim.engine.sync", "fleetsim.engine.core")),

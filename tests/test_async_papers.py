@@ -195,8 +195,8 @@ def test_devices_coming_online_start_at_once_while_jobs_run(step_macs: float, tm
 
 
 def test_next_online_by_hand() -> None:
-    from tests.conftest import make_traces
     from fleetsim.traces.device import DeviceTrace
+    from tests.conftest import make_traces
 
     def trace(on_t, on_v, period=None):  # type: ignore[no-untyped-def]
         ts = make_traces([([0.0], [1.0])], [(on_t, on_v)], period_s=period)

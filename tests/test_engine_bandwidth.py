@@ -68,10 +68,10 @@ def test_a_varying_upload_rate_is_integrated_exactly(tmp_path: Path) -> None:
         "device,t_s,up_mbps,down_mbps\n"
         f"0,0,1.0,4.0\n0,{t1!r},2.0,4.0\n1,0,1.0,4.0\n")
     log = run(tmp_path, ", bandwidth: {file: bw.csv}", ("training.rounds=1",))
-    v = [x for x in log.timeline if x.device == 0][0]
+    v = next(x for x in log.timeline if x.device == 0)
     assert v.t_end == pytest.approx(t1 + (nbits / 2) / 2e6, rel=1e-12)
     assert v.up_s == pytest.approx(up0 / 2 + up0 / 4, rel=1e-12)
-    w = [x for x in log.timeline if x.device == 1][0]
+    w = next(x for x in log.timeline if x.device == 1)
     assert w.t_end == pytest.approx(plain.timeline[1].t_end, rel=1e-12)
 
 
@@ -88,7 +88,7 @@ def test_bytes_cut_off_under_a_varying_rate(tmp_path: Path) -> None:
         f"0,0,1.0,4.0\n0,{t1!r},3.0,4.0\n1,0,1.0,4.0\n1,{t1!r},3.0,4.0\n")
     log = run(tmp_path, ", bandwidth: {file: bw.csv}",
               ("training.rounds=1", f"training.deadline_s={deadline!r}"))
-    v = [x for x in log.timeline if x.device == 0][0]
+    v = next(x for x in log.timeline if x.device == 0)
     assert v.status == "late" and v.t_end == deadline
     want = (0.25 * nbits + 0.1 * nbits) / 8.0
     assert abs(v.bytes_up - want) <= 1.0

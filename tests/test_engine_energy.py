@@ -73,8 +73,8 @@ def test_a_battery_that_empties_ends_the_work_at_that_instant(tmp_path: Path,
     start_j, floor_j = 100.0, 80.0
     t_empty = down_s + (start_j - floor_j - 3.5 * down_s) / 2.5
     assert down_s < t_empty < down_s + 10.0
-    bat = (f", battery: {{capacity_j: 200.0, floor_fraction: 0.4, resume_fraction: 0.6, "
-           f"initial_fraction: [0.5, 0.5], charge_when: never}}")
+    bat = (", battery: {capacity_j: 200.0, floor_fraction: 0.4, resume_fraction: 0.6, "
+           "initial_fraction: [0.5, 0.5], charge_when: never}")
     log = run(tmp_path, step_macs, f", energy: {{{POWER}{bat}}}", rounds=3,
               extra=("training.time_budget_s=1000",))
     e = log.timeline[0]
