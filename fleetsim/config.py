@@ -177,7 +177,7 @@ class TrainingConfig(Section):
                                                    "aggregation and results stay on the CPU")
     batched: bool = Field(False, description="in-process backend: train a round's "
                           "full-model updates together, one vectorised step per mini-batch "
-                          "(fleetsim.batched; models without batch norm; equal to the "
+                          "(fleetsim.batched; batch norm with per-device statistics; equal to the "
                           "one-by-one path to float rounding, not bit for bit)")
     server_time_s: float = Field(0.0, ge=0, description="simulated aggregation time per round")
     idle_wait_s: float = Field(60.0, gt=0, description="how long the server waits before "
