@@ -321,6 +321,11 @@ class OutputConfig(Section):
                               "`fleetsim run` and `fleetsim.run` only")
     tensorboard_dir: str | None = Field(None, description="where the event files go (null: "
                                         "a tensorboard/ folder in the run's output folder)")
+    checkpoint_every_rounds: int | None = Field(
+        None, ge=1, description="write the run's whole state to checkpoint.pt in the output "
+        "folder every this many rounds (async: model versions), atomically; `fleetsim run "
+        "--resume` goes on from it, and it is deleted when the run completes (null: none; "
+        "docs/checkpoints.md)")
 
 
 _NAME = re.compile(r"[\w+=,-][\w .+=,-]*")
