@@ -324,8 +324,8 @@ class OutputConfig(Section):
     checkpoint_every_rounds: int | None = Field(
         None, ge=1, description="write the run's whole state to checkpoint.pt in the output "
         "folder every this many rounds (async: model versions), atomically; `fleetsim run "
-        "--resume` goes on from it, and it is deleted when the run completes (null: none; "
-        "docs/checkpoints.md)")
+        "--resume` goes on from it, and it is deleted when the run completes; `fleetsim "
+        "run` only (null: none; docs/checkpoints.md)")
 
 
 _NAME = re.compile(r"[\w+=,-][\w .+=,-]*")
