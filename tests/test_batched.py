@@ -351,3 +351,32 @@ def test_gpu_benchmark_smoke_runs_both_models() -> None:
     rows = re.findall(r"^\w+\s+(\w+)\s+2 devices .* max \|diff\| (\S+)$", done.stdout, re.M)
     assert [m for m, _ in rows] == ["mcmahan_cnn", "resnet20"], done.stdout
     assert all(float(d) <= TOL for _, d in rows)
+
+
+def test_batched_running_statistics_match_plain_torch_by_hand() -> None:
+    """An independent reference: after one step, device i's first batch norm's running
+    statistics are (1 - m) * start + m * (mean, unbiased variance) of its own first
+    convolution's outputs on its own mini-batch, computed here with plain PyTorch."""
+    import torch.nn.functional as F
+
+    from fleetsim.training import batch_indices
+
+    t = _bn_trainer("cnn4_bn", "running")
+    state = _perturbed(t)
+    jobs = [_job(d, steps=1, groups=4) for d in (2, 5)]
+    bat = train_batched(t, state, jobs)
+    x_all = t.data.x_train
+    for job, res in zip(jobs, bat, strict=True):
+        (idx,) = batch_indices(t.partition, job.device, job.round, 1, t.batch, t.seed)
+        h = F.conv2d(x_all[torch.from_numpy(idx)].double(),
+                     state["convs.0.weight"].double(), state["convs.0.bias"].double(),
+                     padding=1)
+        mean = h.mean((0, 2, 3))
+        n = h.numel() / h.shape[1]
+        var = ((h - mean[None, :, None, None]) ** 2).sum((0, 2, 3)) / (n - 1)
+        want_mean = 0.9 * state["bns.0.running_mean"].double() + 0.1 * mean
+        want_var = 0.9 * state["bns.0.running_var"].double() + 0.1 * var
+        got = res.update.state
+        assert torch.allclose(got["bns.0.running_mean"].double(), want_mean, atol=1e-6)
+        assert torch.allclose(got["bns.0.running_var"].double(), want_var, atol=1e-5)
+        assert int(got["bns.0.num_batches_tracked"]) == 4
