@@ -425,8 +425,8 @@ class Engine:
                 yield env.timeout(cfg.idle_wait_s)
             if not self._async_done():
                 self._fill()
-                if (self.checkpoints is not None and self._version != version
-                        and self.checkpoints.due(self._version)):
+                if self.checkpoints is not None and any(  # several can happen at one instant
+                        self.checkpoints.due(v) for v in range(version + 1, self._version + 1)):
                     # after an aggregation: the loop goes on from its top, with idle 0
                     self.checkpoints.save(self.snapshot({"version": self._version}))
         self._finish()

@@ -122,6 +122,22 @@ KILL_CASES = {
                    "training.backend=pool", "training.workers=2"],
 }
 ROUNDS = 10
+_REFERENCES: dict[str, dict[str, Any]] = {}
+
+
+def _reference(mode: str) -> dict[str, Any]:
+    """The files of an uninterrupted in-process run that never checkpointed, per server
+    mode. The pool gives the in-process bits (tests/test_backends.py, test_async.py), so
+    one reference serves both backends; its scenario differs from the killed run's by
+    the checkpoint option (and the backend), which only the scenario attributes show."""
+    if mode not in _REFERENCES:
+        import tempfile
+
+        over = [f"training.rounds={ROUNDS}", *KILL_CASES[f"{mode}-inprocess"]]
+        with tempfile.TemporaryDirectory() as tmp:
+            _run(load_scenario(TINY, over), Path(tmp) / "whole")
+            _REFERENCES[mode] = run_files(Path(tmp) / "whole")
+    return dict(_REFERENCES[mode])
 
 
 def _cli(out: Path, over: list[str], *extra: str) -> list[str]:
@@ -134,10 +150,7 @@ def _cli(out: Path, over: list[str], *extra: str) -> list[str]:
 @pytest.mark.parametrize("case", list(KILL_CASES))
 def test_a_run_killed_with_sigkill_and_resumed_writes_the_uninterrupted_files(
         case: str, tmp_path: Path) -> None:
-    plain = [f"training.rounds={ROUNDS}", *KILL_CASES[case]]
-    over = [*plain, "output.checkpoint_every_rounds=2"]
-    # the reference never checkpoints: its scenario differs by that option alone
-    _run(load_scenario(TINY, plain), tmp_path / "whole")
+    over = [f"training.rounds={ROUNDS}", *KILL_CASES[case], "output.checkpoint_every_rounds=2"]
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(_cli(out, over, "--quiet"), cwd=ROOT, env=env,
@@ -160,7 +173,7 @@ def test_a_run_killed_with_sigkill_and_resumed_writes_the_uninterrupted_files(
     m = re.search(r"resuming tiny from (round|model version) (\d+)", done.stdout)
     assert m and 0 < int(m.group(2)) < ROUNDS, done.stdout
     assert not (out / checkpoint.CHECKPOINT_FILE).exists()
-    got, want = run_files(out), run_files(tmp_path / "whole")
+    got, want = run_files(out), _reference(case.split("-")[0])
     for k in ("attr:scenario_text", "attr:scenario_digest"):  # the option itself
         assert got.pop(k) != want.pop(k)
     assert "rounds/accuracy" in got and "timeline/device" in got

@@ -3,7 +3,8 @@
 The test starts a Ray head and a second node with ``ray start`` (one CPU each, each with
 its own temporary folder, on a loopback address), then runs
 
-- ``fleetsim compare --address`` (four cells of scenarios/tiny.yaml) and
+- ``fleetsim compare --address`` (two cells of scenarios/tiny.yaml, run at once: one
+  per node) and
 - one run with ``training.backend: ray`` and two actors
 
 on that cluster, checks that both nodes ran work (and prints which node ran what), and
@@ -119,14 +120,17 @@ def cluster() -> Iterator[Cluster]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Every process of this cluster in one authentication mode, whatever this process or
+    # ~/.ray/auth_token say: a local ray.init() (tests/test_ray.py) turns token mode on
+    # in its process and writes a token there, after which a `ray start --head` with the
+    # mode unset requires tokens that a joining node does not send.
+    env["RAY_AUTH_MODE"] = "disabled"
     c = Cluster(f"{HOST}:{_free_port()}", env=env)
     try:
         _start_node(c, head=True)
         _start_node(c, head=False)
         yield c
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         _stop(c)
 
 
@@ -152,10 +156,10 @@ def test_compare_on_two_ray_nodes_gives_the_local_bits(cluster: Cluster,
                                                        tmp_path: Path) -> None:
     from fleetsim.batch import expand_grid, run_batch
 
-    grid = expand_grid([TINY], "fedavg,fedavg:stragglers=wait", "0-1", [])
+    grid = expand_grid([TINY], "fedavg,fedavg:stragglers=wait", "0", [])
     run_batch(grid, tmp_path / "local", jobs=1, backend="local", progress=False)
     cmd = [sys.executable, "-m", "fleetsim.cli", "compare", TINY, "--policies",
-           "fedavg,fedavg:stragglers=wait", "--seeds", "0-1", "--out",
+           "fedavg,fedavg:stragglers=wait", "--seeds", "0", "--out",
            str(tmp_path / "cluster"), "--address", cluster.address, "--quiet"]
     p = subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
@@ -167,34 +171,52 @@ def test_compare_on_two_ray_nodes_gives_the_local_bits(cluster: Cluster,
     assert sorted(c for cells in ran.values() for c in cells) == sorted(
         c.rel_dir for c in grid.cells)
     got, want = _files(tmp_path / "cluster"), _files(tmp_path / "local")
-    assert len([k for k in want if k.endswith("rounds.csv")]) == 4
+    assert len([k for k in want if k.endswith("rounds.csv")]) == 2
     assert got.keys() == want.keys() and got == want
+
+
+RUN_ON_CLUSTER = """
+import json, sys
+from fleetsim.build import build, load_scenario
+from fleetsim.results import write_run
+import ray
+tiny, address, out = sys.argv[1:4]
+sc = load_scenario(tiny, ["training.backend=ray", "training.workers=2",
+                          f"training.ray_address={address}"])
+built = build(sc, tiny)
+try:
+    log = built.engine.run()
+finally:
+    built.backend.close()
+write_run(out, sc, log)
+print(json.dumps({"actors": built.backend.nodes, "jobs": built.backend.jobs_per_node,
+                  "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]],
+                  "trained": sum(r["completed"] + r["rejected"] for r in log.rounds)}))
+"""
 
 
 def test_ray_backend_on_two_nodes_gives_the_in_process_bits(cluster: Cluster,
                                                             tmp_path: Path) -> None:
-    from fleetsim.build import build, load_scenario, run_scenario
+    import json
+
+    from fleetsim.build import load_scenario, run_scenario
     from fleetsim.results import write_run
 
+    # a driver process of its own, in the cluster's authentication mode
+    p = subprocess.run([sys.executable, "-c", RUN_ON_CLUSTER, TINY, cluster.address,
+                        str(tmp_path / "cluster")], env=cluster.env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got_run = json.loads(p.stdout.strip().splitlines()[-1])
+    print("actor nodes:", got_run["actors"], "jobs per node:", got_run["jobs"])
+    actors, jobs = got_run["actors"], got_run["jobs"]
+    # one CPU per node and one per actor: the two actors sit on the two nodes
+    assert len(set(actors)) == 2 and set(actors) == set(got_run["nodes"])
+    assert len(jobs) == 2 and all(n > 0 for n in jobs.values()), jobs
+    assert sum(jobs.values()) == got_run["trained"]
     sc = load_scenario(TINY, ["training.backend=ray", "training.workers=2",
                               f"training.ray_address={cluster.address}"])
-    built = build(sc, TINY)
-    try:
-        log = built.engine.run()
-        jobs = dict(built.backend.jobs_per_node)  # type: ignore[union-attr]
-        actors = list(built.backend.nodes)  # type: ignore[union-attr]
-    finally:
-        built.backend.close()  # type: ignore[union-attr]
-    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    ray.shutdown()
-    print("actor nodes:", actors, "jobs per node:", jobs)
-    # one CPU per node and one per actor: the two actors sit on the two nodes
-    assert len(set(actors)) == 2 and set(actors) == nodes
-    assert all(n > 0 for n in jobs.values()) and len(jobs) == 2, jobs
-    assert sum(jobs.values()) == sum(r["completed"] + r["rejected"] for r in log.rounds)
-    local = run_scenario(load_scenario(TINY, []), TINY)
-    write_run(tmp_path / "cluster", sc, log)
-    write_run(tmp_path / "local", sc, local)
+    write_run(tmp_path / "local", sc, run_scenario(load_scenario(TINY, []), TINY))
     got, want = _files(tmp_path / "cluster"), _files(tmp_path / "local")
     assert "run.h5:rounds/accuracy" in got and "run.h5:timeline/device" in got
     assert got == want
