@@ -36,11 +36,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. training.rounds=5 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--resume", action="store_true", help="go on from the checkpoint in --out "
+                   "(output.checkpoint_every_rounds) if there is one; refused if the scenario "
+                   "or the code changed")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     _start_fork_server(args)
+    from fleetsim import checkpoint
     from fleetsim.build import build, load_scenario, trackers
     from fleetsim.results import write_run
 
@@ -48,14 +52,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario, overrides)
     out = Path(args.out) if args.out else Path("runs") / sc.name / f"seed-{sc.seed}"
     check_output_dir(out, "--out")  # before the run, not after it
+    resumed = checkpoint.load(out, sc) if args.resume else None  # checked before building
+    if resumed is not None and not args.quiet:
+        print(f"resuming {sc.name} from {checkpoint.resumed_at(resumed)}", flush=True)
     t0 = time.perf_counter()
     built = build(sc, args.scenario, progress=not args.quiet, callbacks=trackers(sc, out))
     try:
+        checkpoint.attach(built.engine, sc, out, resumed)
         log = built.engine.run()
     finally:
         if built.backend is not None:
             built.backend.close()
     write_run(out, sc, log, {"command": " ".join(sys.argv)})
+    checkpoint.remove(out)  # the run is complete
     if not args.quiet:
         _summary(sc, log, out, time.perf_counter() - t0)
     return 0

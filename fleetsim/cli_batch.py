@@ -81,6 +81,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print(f"{s.cells} runs: {s.ran} ran, {s.skipped} already complete, {s.failed} failed; "
           f"results in {s.out}/")
+    if s.ran_on:  # on a Ray cluster: which node ran which cell
+        nodes: dict[str, list[str]] = {}
+        for cell, node in s.ran_on:
+            nodes.setdefault(node, []).append(cell)
+        for node, cells in sorted(nodes.items()):
+            print(f"ray node {node}: {len(cells)} runs: {', '.join(sorted(cells))}")
     if s.failed:
         print(f"failed runs are listed in {s.out / 'failures.csv'}", file=sys.stderr)
     return 1 if s.failed else 0

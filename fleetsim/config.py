@@ -177,7 +177,7 @@ class TrainingConfig(Section):
                                                    "aggregation and results stay on the CPU")
     batched: bool = Field(False, description="in-process backend: train a round's "
                           "full-model updates together, one vectorised step per mini-batch "
-                          "(fleetsim.batched; models without batch norm; equal to the "
+                          "(fleetsim.batched; batch norm with per-device statistics; equal to the "
                           "one-by-one path to float rounding, not bit for bit)")
     server_time_s: float = Field(0.0, ge=0, description="simulated aggregation time per round")
     idle_wait_s: float = Field(60.0, gt=0, description="how long the server waits before "
@@ -321,6 +321,11 @@ class OutputConfig(Section):
                               "`fleetsim run` and `fleetsim.run` only")
     tensorboard_dir: str | None = Field(None, description="where the event files go (null: "
                                         "a tensorboard/ folder in the run's output folder)")
+    checkpoint_every_rounds: int | None = Field(
+        None, ge=1, description="write the run's whole state to checkpoint.pt in the output "
+        "folder every this many rounds (async: model versions), atomically; `fleetsim run "
+        "--resume` goes on from it, and it is deleted when the run completes; `fleetsim "
+        "run` only (null: none; docs/checkpoints.md)")
 
 
 _NAME = re.compile(r"[\w+=,-][\w .+=,-]*")

@@ -205,6 +205,10 @@ class Engine:
         self._learns = type(selector).feedback is not Selector.feedback
         self.state: dict[str, torch.Tensor] | None = (
             backend.initial_state() if backend is not None else None)
+        #: where a resumed run goes on (set by :meth:`restore`), and the checkpoint writer
+        #: (:class:`fleetsim.checkpoint.Checkpoints`: ``due(rounds)``, ``save(snapshot)``)
+        self._resumed: dict[str, Any] | None = None
+        self.checkpoints: Any = None
 
     # ------------------------------------------------------------------ running
 
@@ -258,6 +262,8 @@ class Engine:
         r = 0
         idle = 0
         last_eval = -1
+        if self._resumed is not None:
+            r, last_eval = self._resumed["round"], self._resumed["last_eval"]
         pending: tuple[dict[str, Any], Evaluation | None] | None = None  # a row to finish
         while not self._done(r):
             t_start = env.now
@@ -334,6 +340,10 @@ class Engine:
                 self._settle(pending)  # nothing to wait for: tell the callbacks now
                 pending = None
             r += 1
+            if self.checkpoints is not None and not self._done(r) and self.checkpoints.due(r):
+                self._settle(pending)  # the row is finished before it is saved
+                pending = None
+                self.checkpoints.save(self.snapshot({"round": r, "last_eval": last_eval}))
         self._settle(pending)
         if self.backend is not None and last_eval != r - 1 and self.log.rounds:
             # the run ended by its time budget after a round that was not evaluated
@@ -384,10 +394,15 @@ class Engine:
         plan = self.policy.plan(0, srv.concurrency)
         self._job_deadline = cfg.deadline_s if not plan.wait_all else None
         idle = 0
-        self._fill()
+        if self._resumed is None:
+            self._fill()
+        else:  # the saved server replaces the fresh one, and goes on where it was
+            for k, v in self._resumed["async"].items():
+                setattr(self, k, v)
         while True:
             if self._async_done():
                 break
+            version = self._version
             if self._heap:
                 t = self._heap[0][0]
                 yield env.timeout(max(t - env.now, 0.0))
@@ -410,7 +425,46 @@ class Engine:
                 yield env.timeout(cfg.idle_wait_s)
             if not self._async_done():
                 self._fill()
+                if self.checkpoints is not None and any(  # several can happen at one instant
+                        self.checkpoints.due(v) for v in range(version + 1, self._version + 1)):
+                    # after an aggregation: the loop goes on from its top, with idle 0
+                    self.checkpoints.save(self.snapshot({"version": self._version}))
         self._finish()
+
+    #: the async server's attributes that cross aggregations (what a checkpoint keeps)
+    _ASYNC_STATE = ("_versions", "_refs", "_version", "_busy", "_jobs", "_repeats", "_buffer",
+                    "_ended", "_in_flight", "_heap", "_started_since", "_t_last",
+                    "_last_eval")
+
+    def snapshot(self, position: dict[str, Any]) -> dict[str, Any]:
+        """Everything the run needs to go on from ``position`` (a round's end in sync
+        mode, an aggregation in async mode): simulated time, global model, rows so far,
+        the selector's, policy's and server optimizer's state and, in async mode, the jobs
+        in flight, the buffer and the model versions they train from. The schedule needs
+        nothing else: it depends only on the traces and on streams keyed by purpose.
+        Written to a file by :mod:`fleetsim.checkpoint`."""
+        snap: dict[str, Any] = {
+            "position": position, "now": self.env.now, "state": self.state,
+            "rounds": self.log.rounds, "timeline": self.log.timeline,
+            "selector": vars(self.selector),
+            # the policy's context is built from the scenario; the rest may be its state
+            "policy": {k: v for k, v in vars(self.policy).items() if k != "ctx"},
+            "server_opt": None if self.server_opt is None else vars(self.server_opt)}
+        if self.settings.server.mode == "async":
+            snap["position"] = {**position,
+                                "async": {k: getattr(self, k) for k in self._ASYNC_STATE}}
+        return snap
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Go on from ``snap`` (what :meth:`snapshot` gave) when :meth:`run` is called."""
+        self.env = simpy.Environment(initial_time=snap["now"])
+        self.state = snap["state"]
+        self.log.rounds, self.log.timeline = snap["rounds"], snap["timeline"]
+        vars(self.selector).update(snap["selector"])
+        vars(self.policy).update(snap["policy"])
+        if self.server_opt is not None:
+            vars(self.server_opt).update(snap["server_opt"])
+        self._resumed = snap["position"]
 
     def _async_done(self) -> bool:
         cfg = self.settings
