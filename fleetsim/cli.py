@@ -55,10 +55,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if built.backend is not None:
             built.backend.close()
-    write_run(out, sc, log, {"command": " ".join(sys.argv)})
+    write_run(out, sc, log, {"command": " ".join(sys.argv)}, built.facts)
     if not args.quiet:
-        _summary(sc, log, out, time.perf_counter() - t0)
+        _summary(sc, log, out, time.perf_counter() - t0, built.facts)
+    else:
+        _print_warnings(log, built.facts)
     return 0
+
+
+def _print_warnings(log, facts) -> None:  # type: ignore[no-untyped-def]
+    from fleetsim.guardrails import run_warnings
+
+    for w in run_warnings(log.rounds, facts):
+        print("warning: " + textwrap.fill(w, width=100, subsequent_indent="  "),
+              file=sys.stderr)
 
 
 def _start_fork_server(args: argparse.Namespace) -> None:
@@ -79,7 +89,7 @@ def _start_fork_server(args: argparse.Namespace) -> None:
         forkserver.start()
 
 
-def _summary(sc, log, out: Path, wall_s: float) -> None:  # type: ignore[no-untyped-def]
+def _summary(sc, log, out: Path, wall_s: float, facts=None) -> None:  # type: ignore[no-untyped-def]
     import math
 
     rows = log.rounds
@@ -93,7 +103,12 @@ def _summary(sc, log, out: Path, wall_s: float) -> None:  # type: ignore[no-unty
         print(f"  test accuracy: final {accs[-1]:.4f}, best {max(accs):.4f}")
     if sel:
         print(f"  updates in time: {comp}/{sel} selected ({comp / sel:.1%})")
+    if facts is not None and sc.training.mode == "full":
+        lo, med, hi = facts.samples_stats()
+        print(f"  training samples per device: min {lo}, median {med:g}, max {hi} "
+              f"(batch size {facts.batch_size})")
     print(f"  wrote {out}/run.h5, rounds.csv" + (", accuracy.png" if sc.output.plot else ""))
+    _print_warnings(log, facts)
 
 
 def _add_dse(sub: argparse._SubParsersAction) -> None:

@@ -351,6 +351,13 @@ class Scenario(Section):
     #: what became of the policy's model defaults (fleetsim.build.with_method_defaults
     #: fills it; the run's provenance records it); not a key of the scenario file
     _method_defaults: tuple[dict[str, Any], ...] = PrivateAttr(())
+    #: the document as the user gave it (file plus overrides, before validation and
+    #: method defaults) and where it came from: what fleetsim.with_changes starts from,
+    #: so that a change by value is validated exactly like ``--set`` on that file
+    _doc: dict[str, Any] | None = PrivateAttr(None)
+    _source: str | None = PrivateAttr(None)
+    #: set by fleetsim.build.load_scenario once components and method defaults are done
+    _loaded: bool = PrivateAttr(False)
 
     @field_validator("name")
     @classmethod
