@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-COMPARE_EPILOG = """examples:
+COMPARE_EPILOG = """Policies whose rounds differ in length (sub-models finish early) end at
+different simulated times after a fixed number of rounds; compare them at equal simulated
+time with --set training.time_budget_s=SECONDS (and --set training.rounds=null for no
+round cap).
+
+examples:
   fleetsim compare scenarios/tiny.yaml --policies fedavg,fedavg:stragglers=wait \\
       --seeds 0-4 --out runs/batch --jobs 2
   fleetsim compare a.yaml b.yaml --policies fedavg --seeds 0-2 \\
@@ -23,9 +28,16 @@ Failed cells are listed in OUT/failures.csv; the exit status is then 1.
 REPORT_EPILOG = """examples:
   fleetsim report runs/batch
   fleetsim report runs/batch --target-accuracy 0.8 --baseline fedavg
+  fleetsim report runs/batch --style paper --tex-columns policy,bn,acc_at_t,time,speedup
 
-Writes DIR/summary.csv, DIR/report.md, DIR/table.tex, DIR/accuracy_vs_time.png,
-DIR/round_durations.png, DIR/kept_share.png and, with a baseline, DIR/speedup.png.
+Writes DIR/summary.csv, DIR/per_class.csv, DIR/report.md, DIR/table.tex and the figures
+accuracy_vs_time, accuracy_vs_rounds, round_durations, kept_share, per_class and, with a
+baseline, speedup, each as .png, .pdf and .svg.
+
+Runs are compared at a common simulated time T: their common training.time_budget_s, or
+the earliest end among them. For a policy comparison, give every run the same budget:
+  fleetsim compare S.yaml --policies fedavg,fjord --set training.time_budget_s=600 \\
+      --set training.rounds=null --seeds 0-4 --out runs/fair
 """
 
 
@@ -90,9 +102,11 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="tables and figures of a compare folder",
         description="Summarise the complete runs of a compare folder: time to a target "
-        "accuracy (mean and 95%% bootstrap CI over seeds), speedup over a baseline policy, "
-        "final and best accuracy, rounds, share of selected devices whose work arrived in "
-        "time; as CSV, Markdown and LaTeX, with figures.",
+        "accuracy (mean and 95% bootstrap CI over seeds; the min-max range with fewer than "
+        "3 seeds), speedup over a baseline policy, accuracy at a common simulated time, "
+        "final and best accuracy, each run's batch-norm mode, rounds, share of selected "
+        "devices whose work arrived in time, bytes and wasted MACs, results per device "
+        "class; as CSV, Markdown and LaTeX, with figures (PNG, PDF, SVG).",
         epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="the --out folder of fleetsim compare")
     p.add_argument("--target-accuracy", type=float, metavar="A",
@@ -102,6 +116,14 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", metavar="POLICY",
                    help="policy folder name or spec to compute speedups against "
                    "(default: fedavg when present)")
+    p.add_argument("--style", choices=("screen", "paper"), default="screen",
+                   help="figures side by side for a screen (default), or paper: one "
+                   "column 3.3 in wide with 8 pt fonts")
+    p.add_argument("--tex-columns", metavar="C1,C2,...",
+                   help="columns of table.tex, from: scenario, overrides, policy, bn, "
+                   "target, time, reached, speedup, final, range, best, rounds, in_time, "
+                   "end, acc_at_t, mb, wasted (default: scenario,overrides,policy,target,"
+                   "time,reached,speedup,final,range,best,rounds,in_time)")
     p.set_defaults(func=cmd_report)
 
 
@@ -110,7 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from fleetsim.errors import UserError
     from fleetsim.paths import check_output_dir
-    from fleetsim.report import write_report
+    from fleetsim.report import parse_tex_columns, write_report
 
     t = args.target_accuracy
     if t is not None and not (math.isfinite(t) and 0 < t <= 1):
@@ -119,7 +141,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     # the report is written into the batch folder: it must be one, and writable
     check_output_dir(args.dir, "DIR", must_exist=True,
                      allowed="the --out folder of `fleetsim compare`, writable")
-    written = write_report(Path(args.dir), args.target_accuracy, args.baseline)
+    columns = parse_tex_columns(args.tex_columns)
+    written = write_report(Path(args.dir), args.target_accuracy, args.baseline, args.style,
+                           columns)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

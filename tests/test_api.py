@@ -43,7 +43,7 @@ def test_run_returns_dataframes_with_the_documented_columns() -> None:
     res = fleetsim.run(sc)
     assert isinstance(res, fleetsim.Result)
     assert tuple(res.rounds.columns) == ROUND_COLUMNS
-    assert tuple(res.timeline.columns) == TIMELINE_COLUMNS
+    assert tuple(res.timeline.columns) == (*TIMELINE_COLUMNS, "device_class")
     assert len(res.rounds) == 2 and list(res.rounds["round"]) == [0, 1]
     assert len(res.timeline) == sum(res.rounds["selected"])
     assert set(res.timeline["status"].cat.categories) == set(STATUS)
