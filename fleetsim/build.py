@@ -432,10 +432,12 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     options = dict(sc.policy.options)
     if "front" in pcls.Options.model_fields and options.get("front") is None:
         # DISTREAL-family policies: the front of this scenario's DSE settings (cached)
+        # the search writes its cache there: find out now, not after the search
+        from fleetsim.dse import cache_dir as dse_cache_dir
         from fleetsim.paths import check_output_dir
 
-        # the search writes its cache there: find out now, not after the search
-        check_output_dir(sc.dse.cache_dir, "dse.cache_dir", source=source or "<scenario>")
+        check_output_dir(dse_cache_dir(sc.dse), "dse.cache_dir",
+                         source=source or "<scenario>")
         options["front"] = str(front_for(sc, progress=progress))
     ctx = PolicyContext(
         groups=tuple((g.name, g.channels) for g in model.groups),

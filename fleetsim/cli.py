@@ -136,6 +136,7 @@ def cmd_dse(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fleetsim.build import load_scenario, run_dse
+    from fleetsim.dse import cache_dir as dse_cache_dir
     from fleetsim.dse import useful, write_front
 
     overrides = list(args.overrides)
@@ -149,7 +150,7 @@ def cmd_dse(args: argparse.Namespace) -> int:
                         "front file such as fronts/mnist.h5.")
     check_output_file(args.out, "--out")
     check_output_file(png, "--out")  # the plot beside it
-    check_output_dir(sc.dse.cache_dir, "dse.cache_dir", source=args.scenario)
+    check_output_dir(dse_cache_dir(sc.dse), "dse.cache_dir", source=args.scenario)
     t0 = time.perf_counter()
     front, evaluated = run_dse(sc, progress=not args.quiet)
     write_front(args.out, front, evaluated)

@@ -297,8 +297,11 @@ class DseConfig(Section):
     seed: int = Field(0, ge=0, description="seed of the search (independent of run seeds, "
                       "so every run of a comparison uses the same front)")
     workers: int = Field(2, ge=1, description="processes evaluating candidates")
-    cache_dir: str = Field(".fleetsim-cache", description="evaluated candidates are cached "
-                           "here by a hash of model, data and settings")
+    cache_dir: str | None = Field(None, description="evaluated candidates and fronts are "
+                                  "cached here by a hash of model, data and settings; "
+                                  "default: the user's cache folder, shared by all project "
+                                  "folders ($FLEETSIM_CACHE_DIR, else "
+                                  "$XDG_CACHE_HOME/fleetsim, else ~/.cache/fleetsim)")
 
     @field_validator("grid")
     @classmethod

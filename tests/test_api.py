@@ -68,8 +68,8 @@ def test_load_scenario_errors_like_the_cli() -> None:
 
 
 def test_curated_namespace() -> None:
-    assert set(fleetsim.__all__) == {"Result", "__version__", "compare", "load_scenario",
-                                     "run"}
+    assert set(fleetsim.__all__) == {"Comparison", "Result", "__version__", "compare",
+                                     "load_scenario", "run", "with_changes"}
     with pytest.raises(AttributeError):
         _ = fleetsim.not_there  # type: ignore[attr-defined]
 
