@@ -148,7 +148,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-CHOOSE_EPILOG = """example (a learning-rate sweep, then the study at the chosen rates):
+CHOOSE_EPILOG = """Repeat --key to choose several keys jointly, e.g. each method's learning rate and
+batch-norm mode: --key training.optimizer.lr --key model.options.bn_stats.
+
+example (a learning-rate sweep, then the study at the chosen rates):
   fleetsim compare scenarios/paper/mnist.yaml --policies fedavg,fedprox --seeds 0 \\
       --set training.optimizer.lr=0.02,0.05,0.1 --set eval.split=validation \\
       --set data.validation_fraction=0.1 --out runs/lr
@@ -169,8 +172,9 @@ def add_choose(sub: argparse._SubParsersAction) -> None:
         "(eval.split: validation), so the choice never sees the test data.",
         epilog=CHOOSE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="the --out folder of the sweep's fleetsim compare")
-    p.add_argument("--key", required=True, help="the swept scenario key, e.g. "
-                   "training.optimizer.lr")
+    p.add_argument("--key", required=True, action="append", help="the swept scenario "
+                   "key, e.g. training.optimizer.lr; repeat it to choose several keys "
+                   "jointly, e.g. --key training.optimizer.lr --key model.options.bn_stats")
     p.add_argument("--last", type=int, default=3, help="evaluations averaged per run "
                    "(default 3)")
     p.add_argument("--allow-test", action="store_true", help="accept runs evaluated on the "
@@ -186,12 +190,18 @@ def cmd_choose(args: argparse.Namespace) -> int:
     check_output_dir(args.dir, "DIR", must_exist=True,
                      allowed="the --out folder of `fleetsim compare`, writable")
     out = Path(args.dir)
-    choices = choose(out, args.key, args.last, args.allow_test)
+    key = args.key[0] if len(args.key) == 1 else args.key
+    choices = choose(out, key, args.last, args.allow_test)
     width = max(len(c.policy) for c in choices)
+    keys = list(args.key)
     for c in choices:
         tried = "  ".join(f"{v}: {s:.4f}" for v, s, _ in c.scores)
-        print(f"{c.policy:<{width}}  chosen {args.key}={c.value}   ({tried})")
-    atomic_write_bytes(out / "choice.csv", choice_csv(choices, args.key).encode())
+        vals = [c.value] if len(keys) == 1 else list(c.value)
+        chosen = ", ".join(f"{k}={v}" for k, v in zip(keys, vals))
+        md = "".join(f" [method default {k.rsplit('.', 1)[-1]}={v}]"
+                     for k, v in c.method_defaults)
+        print(f"{c.policy:<{width}}  chosen {chosen}{md}   ({tried})")
+    atomic_write_bytes(out / "choice.csv", choice_csv(choices, key).encode())
     arg = policies_arg(choices)
     if arg is None:
         print("a policy label could not be turned back into a --policies spec: "
