@@ -253,10 +253,11 @@ def _add_traces(sub: argparse._SubParsersAction) -> None:
 
 
 from fleetsim.cli_batch import add_choose, add_compare, add_report  # noqa: E402
+from fleetsim.cli_model import add_model  # noqa: E402
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run, add_compare, add_report, add_choose, _add_traces, _add_dse, _add_profile,
-    _add_schema]
+    add_model, _add_schema]
 
 
 def parser() -> argparse.ArgumentParser:
