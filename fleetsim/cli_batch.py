@@ -93,9 +93,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print(f"{s.cells} runs: {s.ran} ran, {s.skipped} already complete, {s.failed} failed; "
           f"results in {s.out}/")
+    _equal_time_notes(Path(s.out))
     if s.failed:
         print(f"failed runs are listed in {s.out / 'failures.csv'}", file=sys.stderr)
     return 1 if s.failed else 0
+
+
+def _equal_time_notes(out: Path) -> None:
+    """Say so when the batch's policies ended at simulated times more than 10% apart."""
+    import textwrap
+
+    from fleetsim.errors import UserError
+    from fleetsim.report import equal_time_notes, load_runs
+
+    try:
+        runs = load_runs(out)
+    except UserError:  # no complete run: nothing to compare
+        return
+    for note in equal_time_notes(runs):
+        print("note: " + textwrap.fill(note, width=100, subsequent_indent="  "),
+              file=sys.stderr)
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:

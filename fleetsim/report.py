@@ -498,6 +498,22 @@ def _with_speedup(s: Summary, base_runs: Sequence[RunData], runs: Sequence[RunDa
     return replace(s, speedup=value, speedup_bound=bound)
 
 
+def equal_time_notes(runs: Sequence[RunData]) -> list[str]:
+    """Per setting whose policies' mean end times are more than 10% apart: the warning of
+    :func:`fleetsim.guardrails.end_times_apart`, which leads to ``time_budget_s``."""
+    notes = []
+    for setting in sorted({r.setting for r in runs}):
+        ends: dict[str, list[float]] = {}
+        for r in runs:
+            if r.setting == setting:
+                ends.setdefault(r.policy, []).append(end_time(r))
+        w = end_times_apart({p: float(np.mean(v)) for p, v in ends.items()},
+                            f"{setting[0]} — {setting[1]}")
+        if w:
+            notes.append(w)
+    return notes
+
+
 # ----------------------------------------------------------------------------- per class
 
 #: the columns of ``per_class.csv``
