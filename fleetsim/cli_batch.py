@@ -136,6 +136,8 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--style", choices=("screen", "paper"), default="screen",
                    help="figures side by side for a screen (default), or paper: one "
                    "column 3.3 in wide with 8 pt fonts")
+    p.add_argument("--formats", default="png,pdf,svg", metavar="F1,F2",
+                   help="figure file types, from png, pdf, svg (default: all three)")
     p.add_argument("--tex-columns", metavar="C1,C2,...",
                    help="columns of table.tex, from: scenario, overrides, policy, bn, "
                    "target, time, reached, speedup, final, range, best, rounds, in_time, "
@@ -159,8 +161,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_output_dir(args.dir, "DIR", must_exist=True,
                      allowed="the --out folder of `fleetsim compare`, writable")
     columns = parse_tex_columns(args.tex_columns)
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     written = write_report(Path(args.dir), args.target_accuracy, args.baseline, args.style,
-                           columns)
+                           columns, formats)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -917,14 +917,20 @@ def _settings(rows: Sequence[Summary]) -> list[tuple[str, str]]:
 
 
 def write_report(out: Path, target: float | None = None, baseline: str | None = None,
-                 style: str = "screen", tex_columns: Sequence[str] = DEFAULT_TEX_COLUMNS
-                 ) -> list[Path]:
+                 style: str = "screen", tex_columns: Sequence[str] = DEFAULT_TEX_COLUMNS,
+                 formats: Sequence[str] = FIGURE_FORMATS) -> list[Path]:
     """Write ``summary.csv``, ``per_class.csv``, ``report.md``, ``table.tex`` and the
     figures (each as PNG, PDF and SVG) into ``out``; returns their paths.
 
     ``style``: ``screen`` (panels side by side) or ``paper`` (one column, 3.3 in wide,
-    8 pt fonts). ``tex_columns``: names of :data:`TEX_COLUMNS`.
+    8 pt fonts). ``tex_columns``: names of :data:`TEX_COLUMNS`. ``formats``: the
+    figures' file types (png, pdf, svg).
     """
+    bad = [f for f in formats if f not in FIGURE_FORMATS]
+    if bad or not formats:
+        raise UserError(f"command line: at '--formats': {','.join(formats)!r} is not "
+                        f"allowed. Allowed: a comma-separated list of "
+                        f"{', '.join(FIGURE_FORMATS)}.")
     if not out.is_dir():
         raise UserError(f"{out}: the folder does not exist. Allowed: the --out folder of "
                         "`fleetsim compare`.")
@@ -965,7 +971,7 @@ def write_report(out: Path, target: float | None = None, baseline: str | None = 
         if classes:
             figures["per_class"] = lambda: figure_per_class(classes)
         for name, make in figures.items():
-            written += save_all(make(), out / name)
+            written += save_all(make(), out / name, formats)
     # figures of an earlier report that this one has no data for would be stale
     for name in ("speedup", "per_class"):
         if name not in figures:

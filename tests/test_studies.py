@@ -48,7 +48,7 @@ def unequal(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_report_compares_at_the_earliest_end_and_warns(
         unequal: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", str(unequal)]) == 0
+    assert main(["report", str(unequal), "--formats", "png"]) == 0
     runs = {p: [unequal / "tiny" / p / "default" / f"seed-{s}" for s in range(3)]
             for p in ("fedavg", "fedavg+stragglers=wait")}
     ends = {p: [float(_rows(d / "rounds.csv")[-1]["t_end_s"]) for d in ds]
@@ -92,7 +92,7 @@ def test_a_common_time_budget_is_the_comparison_time_and_no_warning(
     assert main(["compare", TINY, "--policies", "fedavg,fedavg:stragglers=wait",
                  "--seeds", "0-2", "--set", "training.rounds=null",
                  "--set", "training.time_budget_s=150", "--out", str(out), "--quiet"]) == 0
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out), "--formats", "png"]) == 0
     for row in _rows(out / "summary.csv"):
         assert float(row["common_time_s"]) == 150.0
         assert row["common_time_rule"] == "time budget"
@@ -179,7 +179,7 @@ def test_no_aggregation_warns_everywhere(tmp_path: Path,
     run = out / "tiny" / "fedavg" / "default" / "seed-0"
     assert sum(int(r["completed"]) for r in _rows(run / "rounds.csv")) == 0
     assert any("no update was aggregated" in w for w in _warnings(run))
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out), "--formats", "png"]) == 0
     md = (out / "report.md").read_text()
     assert "## Warnings" in md and "no update was aggregated" in md
     assert "no update was aggregated" in _rows(out / "summary.csv")[0]["warnings"]
@@ -220,7 +220,7 @@ def test_two_seeds_give_a_range_not_a_ci(unequal: Path, tmp_path: Path) -> None:
     shutil.copytree(unequal, two)
     for p in ("fedavg", "fedavg+stragglers=wait"):
         shutil.rmtree(two / "tiny" / p / "default" / "seed-2")
-    assert main(["report", str(two)]) == 0
+    assert main(["report", str(two), "--formats", "png"]) == 0
     rows = _rows(two / "summary.csv")
     for row in rows:
         finals = []
@@ -233,7 +233,7 @@ def test_two_seeds_give_a_range_not_a_ci(unequal: Path, tmp_path: Path) -> None:
     md = (two / "report.md").read_text()
     assert "(min–max, 2 seeds)" in md and "not 95% confidence intervals" in md
     # three seeds (the fixture itself): a 95% CI and no such warning
-    assert main(["report", str(unequal)]) == 0
+    assert main(["report", str(unequal), "--formats", "png"]) == 0
     assert all(r["interval"] == "95% CI" and "min-max" not in r["warnings"]
                for r in _rows(unequal / "summary.csv"))
 
@@ -248,10 +248,10 @@ def _pdf_pages(data: bytes) -> int:
     return len(re.findall(rb"/Type\s*/Page[^s]", data))
 
 
-@pytest.mark.parametrize("style", ["screen", "paper"])
-def test_report_writes_pdf_svg_png(unequal: Path, tmp_path: Path, style: str) -> None:
+def test_report_writes_pdf_svg_png(unequal: Path, tmp_path: Path) -> None:
     import shutil
 
+    style = "paper"
     out = tmp_path / style
     shutil.copytree(unequal, out)
     assert main(["report", str(out), "--style", style, "--tex-columns",
@@ -268,9 +268,10 @@ def test_report_writes_pdf_svg_png(unequal: Path, tmp_path: Path, style: str) ->
         png = (out / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         png_w = int.from_bytes(png[16:20], "big")
-        if style == "paper":  # one column: 3.3 in wide (72 pt an inch, 300 dpi)
-            assert width_pt == pytest.approx(3.3 * 72, abs=0.5)
-            assert png_w == pytest.approx(3.3 * 300, abs=2)
+        # one column: 3.3 in wide (72 pt an inch, 300 dpi), fonts embedded as TrueType
+        assert width_pt == pytest.approx(3.3 * 72, abs=0.5)
+        assert png_w == pytest.approx(3.3 * 300, abs=2)
+        assert b"/FontFile2" in pdf and b"/Subtype /Type3" not in pdf
         # text stays text in the SVG (svg.fonttype none): titles can be edited
         assert any(el.tag.endswith("text") for el in root.iter())
     tex = (out / "table.tex").read_text()
@@ -280,6 +281,9 @@ def test_report_writes_pdf_svg_png(unequal: Path, tmp_path: Path, style: str) ->
 
 def test_unknown_tex_column_is_a_user_error(unequal: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(unequal), "--tex-columns", "policy,nope"]) == 2
+    assert main(["report", str(unequal), "--formats", "png,gif"]) == 2
+    assert "--formats" in capsys.readouterr().err
     assert main(["report", str(unequal), "--tex-columns", "policy,nope"]) == 2
     err = capsys.readouterr().err
     assert "--tex-columns" in err and "'nope'" in err and "acc_at_t" in err
