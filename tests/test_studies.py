@@ -294,3 +294,33 @@ def test_report_help_prints_one_percent_sign(capsys: pytest.CaptureFixture[str])
         main(["report", "--help"])
     out = capsys.readouterr().out
     assert "95%" in out and "%%" not in out
+
+
+def test_report_names_each_runs_batch_norm_mode(tmp_path: Path) -> None:
+    """Issue 28: which normalisation each method ran with, and whether that is the
+    method's paper default, the model's, or a departure."""
+    out = tmp_path / "bn"
+    assert main(["compare", TINY, "--policies",
+                 "fedavg,heterofl,heterofl:model.options.bn_stats=running,"
+                 "fedavg:model.options.bn_stats=batch",
+                 "--seeds", "0", "--set", "model.arch=cnn4",
+                 "--set", "model.options={channels: [4, 4, 4, 4], norm: bn}",
+                 "--set", "training.rounds=1", "--out", str(out), "--quiet"]) == 0
+    assert main(["report", str(out), "--formats", "png", "--tex-columns", "policy,bn"]) == 0
+    got = {r["policy"]: (r["bn_stats"], r["bn_stats_source"])
+           for r in _rows(out / "summary.csv")}
+    assert got == {"fedavg": ("running", "model default"),
+                   "heterofl": ("static", "method default"),
+                   "heterofl@bn_stats=running": ("running", "method default: static"),
+                   "fedavg@bn_stats=batch": ("batch", "scenario")}
+    md = (out / "report.md").read_text()
+    assert "| heterofl | 1 | static (method default) |" in md
+    assert "| heterofl@bn_stats=running | 1 | running (method default: static) |" in md
+    assert "heterofl & static" in (out / "table.tex").read_text()
+    # a model without batch norm has no mode to name
+    plain = tmp_path / "plain"
+    assert main(["compare", TINY, "--policies", "fedavg", "--seeds", "0", "--set",
+                 "training.rounds=1", "--out", str(plain), "--quiet"]) == 0
+    assert main(["report", str(plain), "--formats", "png"]) == 0
+    assert _rows(plain / "summary.csv")[0]["bn_stats"] == ""
+    assert "| fedavg | 1 | – |" in (plain / "report.md").read_text()
