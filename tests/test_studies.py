@@ -324,3 +324,36 @@ def test_report_names_each_runs_batch_norm_mode(tmp_path: Path) -> None:
     assert main(["report", str(plain), "--formats", "png"]) == 0
     assert _rows(plain / "summary.csv")[0]["bn_stats"] == ""
     assert "| fedavg | 1 | – |" in (plain / "report.md").read_text()
+
+
+def test_end_time_warning_threshold_by_hand() -> None:
+    from fleetsim.guardrails import end_times_apart
+
+    assert end_times_apart({"a": 100.0, "b": 111.0}, "s") is not None  # 11% apart
+    assert end_times_apart({"a": 100.0, "b": 109.0}, "s") is None  # 9% apart
+    assert end_times_apart({"a": 100.0}, "s") is None
+
+
+def test_per_class_rows_count_never_selected_devices() -> None:
+    """A hand-made timeline: class 0 has devices 0, 1, 2 (2 never selected), class 1 has
+    devices 3, 4. Device 0 aggregated twice, device 1 once: x = (2, 1, 0), Jain =
+    3^2 / (3 * 5) = 0.6, not the 0.9 of the selected devices alone."""
+    from fleetsim.per_class import per_class_rows
+
+    code = {s: i for i, s in enumerate(STATUS)}
+    tl = {"device": np.array([0, 0, 1, 1, 3, 4, 3]),
+          "device_class": np.array([0, 0, 0, 0, 1, 1, 1]),
+          "status": np.array([code[s] for s in ("completed", "completed", "completed",
+                                                "late", "dropped", "too_slow", "late")]),
+          "macs": np.array([10.0, 10.0, 10.0, 4.0, 1.0, 0.0, 2.0]),
+          "bytes_down": np.array([5, 5, 5, 5, 5, 5, 5]),
+          "bytes_up": np.array([3, 3, 3, 1, 0, 0, 0])}
+    rows = per_class_rows(tl, STATUS, ["a", "b"], [3, 2])
+    a, b = rows
+    assert a["selected"] == 4 and a["completed_share"] == 0.75 and a["late_share"] == 0.25
+    assert a["macs_contributed"] == 30.0 and a["macs_wasted"] == 4.0
+    assert a["bytes"] == 4 * 5 + 3 + 3 + 3 + 1
+    assert a["jain_participation"] == pytest.approx(0.6)
+    assert b["selected"] == 3 and b["dropped_share"] == pytest.approx(1 / 3)
+    assert b["too_slow_share"] == pytest.approx(1 / 3) and b["completed_share"] == 0
+    assert math.isnan(b["jain_participation"])  # nobody of class b was aggregated
