@@ -180,3 +180,16 @@ def test_scenarios_built_in_python_get_validation_and_method_defaults() -> None:
     assert fleetsim.with_changes(raw, {"training.rounds": 2}).training.rounds == 2
     with pytest.raises(UserError, match="give local_steps or local_epochs, not both"):
         fleetsim.with_changes(raw, {"training.local_epochs": 1})  # TINY sets local_steps
+
+
+def test_final_model_is_the_last_global_state_on_a_worker_pool() -> None:
+    """In a pool the workers train and evaluate; the model in this process never holds the
+    global state unless the result loads it."""
+    from fleetsim.build import trainer_settings
+    from fleetsim.training import Trainer
+
+    sc = fleetsim.load_scenario(None, ["training.rounds=2", "training.backend=pool",
+                                       "training.workers=2"], text=TINY)
+    res = fleetsim.run(sc)
+    acc, _ = Trainer(trainer_settings(res.scenario)).evaluate(res.model.state_dict())
+    assert acc == res.final_accuracy
