@@ -207,7 +207,10 @@ class SelectorConfig(Section):
 class EvalConfig(Section):
     every_rounds: int = Field(1, ge=1, description="evaluate the global model every N rounds "
                               "(and after the last)")
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="samples per mini-batch of the loss "
+                            "sum and of static batch-norm recomputation; the model itself "
+                            "sees the split in fixed slices of 100 (bn_stats: batch "
+                            "normalises by those: docs/policies.md)")
     split: Literal["test", "validation"] = Field("test", description="what the global model "
                                                  "is evaluated on: test (the held-out test "
                                                  "set) | validation (data.validation_"
