@@ -89,6 +89,14 @@ def _lookup(doc: dict[str, Any], key: str) -> Any:
     return node
 
 
+def _value_text(value: Any) -> str:
+    """A value as ``--policies`` text: a plain word stays bare (``running``, so the folder
+    label reads ``@bn_stats=running``), anything else is JSON (which YAML reads back)."""
+    if isinstance(value, str) and value.isidentifier() and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value)
+
+
 def _spec_of(label: str, key: str | Sequence[str], value: Any) -> str | None:
     """``fedavg+stragglers=wait`` -> ``fedavg:stragglers=wait;KEY=VALUE`` when that spec
     has exactly this label again (labels of renamed options do not round-trip). Several
@@ -101,7 +109,7 @@ def _spec_of(label: str, key: str | Sequence[str], value: Any) -> str | None:
     plain = [o for o in opts if "=" in o]
     if len(plain) != len(opts):
         return None
-    text = name + ":" + ";".join([*plain, *(f"{k}={json.dumps(v)}"
+    text = name + ":" + ";".join([*plain, *(f"{k}={_value_text(v)}"
                                            for k, v in zip(keys, values))])
     try:
         spec = PolicySpec.parse(text)
