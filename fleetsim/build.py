@@ -62,7 +62,7 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     _check_component_numbers(sc, source, keys)
     validate_components(sc, source, keys)
     out = with_method_defaults(sc)
-    out._loaded = True
+    out._loaded = out.digest()
     return out
 
 

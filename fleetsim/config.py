@@ -362,8 +362,9 @@ class Scenario(Section):
     #: so that a change by value is validated exactly like ``--set`` on that file
     _doc: dict[str, Any] | None = PrivateAttr(None)
     _source: str | None = PrivateAttr(None)
-    #: set by fleetsim.build.load_scenario once components and method defaults are done
-    _loaded: bool = PrivateAttr(False)
+    #: the digest of the scenario as fleetsim.build.load_scenario validated it (components
+    #: and method defaults included); a copy changed since (model_copy) no longer matches
+    _loaded: str | None = PrivateAttr(None)
 
     @field_validator("name")
     @classmethod

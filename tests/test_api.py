@@ -176,6 +176,15 @@ def test_scenarios_built_in_python_get_validation_and_method_defaults() -> None:
         update={"deadline_s": -1.0})})
     with pytest.raises(UserError, match=r"training\.deadline_s"):
         fleetsim.run(bad)
+    # a scenario from load_scenario, changed by model_copy, is validated again (the
+    # issue's "Negative delay" deep inside SimPy), and its change is kept, not the file's
+    bad = loaded.model_copy(update={"training": loaded.training.model_copy(
+        update={"deadline_s": -1.0})})
+    with pytest.raises(UserError, match=r"training\.deadline_s"):
+        fleetsim.run(bad)
+    two = loaded.model_copy(update={"training": loaded.training.model_copy(
+        update={"rounds": 2})})
+    assert len(fleetsim.run(two).rounds) == 2
     # with_changes on a Python-built scenario starts from what was set (as a file would)
     assert fleetsim.with_changes(raw, {"training.rounds": 2}).training.rounds == 2
     with pytest.raises(UserError, match="give local_steps or local_epochs, not both"):
