@@ -102,10 +102,16 @@ def with_changes(scenario: Scenario, changes: dict[str, Any]) -> Scenario:
 
 def _ready(scenario: Scenario) -> Scenario:
     """``scenario`` validated and with its method defaults, however it was built
-    (``Scenario(...)``, ``model_copy``): anything not from :func:`load_scenario` goes
-    through it."""
-    if scenario._loaded:
+    (``Scenario(...)``, ``model_copy``): anything :func:`load_scenario` did not return
+    as it is -- a copy changed since carries the old digest -- goes through it again."""
+    if scenario._loaded is not None and scenario._loaded == scenario.digest():
         return scenario
+    if scenario._loaded is not None:
+        # a loaded scenario changed by model_copy: validate its values as they are now,
+        # not the document it was loaded from (which would undo the change)
+        fresh = scenario.model_copy()
+        fresh._doc = scenario.model_dump(mode="json", exclude_unset=True)
+        return with_changes(fresh, {})
     return with_changes(scenario, {})
 
 

@@ -708,7 +708,12 @@ def _share(x: float) -> str:
 
 
 def _cells(s: Summary, scale: float) -> list[str]:
-    return [s.policy, str(len(s.seeds)), bn_text(s), _g(s.end_s / scale), _acc(s.at_common),
+    at = _acc(s.at_common)
+    if 0 < s.at_common.n < len(s.seeds):  # the others had no evaluation by T yet
+        at += f"; {len(s.seeds) - s.at_common.n} of {len(s.seeds)} seeds not evaluated by T"
+    elif s.at_common.n == 0 and s.seeds:
+        at = "not evaluated by T"
+    return [s.policy, str(len(s.seeds)), bn_text(s), _g(s.end_s / scale), at,
             _time(s, scale), f"{s.reached}/{len(s.seeds)}",
             _speedup(s, _g, _BOUND_MD, "–"), _acc(s.final), _range(s, "–"), _acc(s.best),
             _g(s.rounds), _share(s.in_time_share), _mb(s.bytes_per_run),
@@ -741,14 +746,15 @@ def report_md(out: Path, rows: Sequence[Summary], target: float | None,
         splits = "/".join(dict.fromkeys(s.eval_split for s in block))
         t_common, rule = block[0].common_s, block[0].common_rule
         why = ("every run's training.time_budget_s" if rule == "time budget" else
-               "the earliest end among the compared runs: they have no common "
-               "training.time_budget_s")
+               "the earliest end among the compared runs (they have no common "
+               "training.time_budget_s)")
         apart = end_times_apart({s.policy: s.end_s for s in block},
                                 f"{setting[0]} — {setting[1]}")
         lines += [f"## {setting[0]} — {setting[1]}", "",
                   f"Target accuracy {block[0].target:.4g}; accuracy measured on the "
                   f"{splits} split.",
-                  f"Compared at T = {_g(t_common / scale)} {unit} of simulated time: {why}.",
+                  f"Compared at T = {_g(t_common / scale)} {unit} of simulated time, "
+                  f"{why}.",
                   ""]
         if apart:
             lines += [f"**Warning:** {apart}.", ""]
