@@ -357,3 +357,25 @@ def test_per_class_rows_count_never_selected_devices() -> None:
     assert b["selected"] == 3 and b["dropped_share"] == pytest.approx(1 / 3)
     assert b["too_slow_share"] == pytest.approx(1 / 3) and b["completed_share"] == 0
     assert math.isnan(b["jain_participation"])  # nobody of class b was aggregated
+
+
+def test_a_policy_without_an_evaluation_by_t_says_so(tmp_path: Path) -> None:
+    from fleetsim.report import RunData, report_md, summarise
+
+    def run(policy: str, seed: int, t: list[float], acc: list[float]) -> RunData:
+        n = len(t)
+        return RunData("s", policy, "default", seed, {
+            "round": np.arange(n), "t_start_s": np.concatenate([[0.0], t[:-1]]),
+            "t_end_s": np.array(t), "accuracy": np.array(acc), "selected": np.full(n, 2),
+            "completed": np.full(n, 1), "mean_kept_share": np.ones(n)})
+
+    runs = [run("fast", s, [50.0, 100.0], [0.5, 0.6]) for s in range(3)]
+    runs += [run("slow", s, [150.0 - 60 * (s == 0), 300.0], [0.4, 0.7]) for s in range(3)]
+    rows = summarise(runs, 0.6)
+    slow = next(r for r in rows if r.policy == "slow")
+    assert slow.common_s == 100.0 and slow.at_common.n == 1  # only seed 0 evaluated by T
+    md = report_md(tmp_path, rows, 0.6, None, 0)
+    assert "0.400 (1 seed); 2 of 3 seeds not evaluated by T" in md
+    runs = [r for r in runs if not (r.policy == "slow" and r.seed == 0)]
+    md = report_md(tmp_path, summarise(runs, 0.6), 0.6, None, 0)
+    assert "| slow | 2 | – | 5 | not evaluated by T |" in md
