@@ -29,9 +29,9 @@ BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 ABL_BEGIN, ABL_END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 ABLATION = REPO / "docs" / "reproduction" / "ablation_summary.csv"
 BN_MODES = ("running", "batch", "static")
-POLICY_ORDER = ("distreal", "uniform-adaptive", "distreal-static", "fedavg",
-                "fedavg+stragglers=wait", "fedprox", "fednova", "federated_dropout", "heterofl",
-                "fjord", "fedrolex")
+POLICY_ORDER = ("distreal", "distreal+anchor_full=true", "uniform-adaptive",
+                "distreal-static", "fedavg", "fedavg+stragglers=wait", "fedprox", "fednova",
+                "federated_dropout", "heterofl", "fjord", "fedrolex")
 
 
 def _num(row: dict[str, str], key: str) -> float:

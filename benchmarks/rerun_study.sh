@@ -11,7 +11,7 @@
 # the tables of docs/reproduction.md from them (the text around them is updated by hand).
 set -euo pipefail
 JOBS=${1:-2}
-FLEETSIM=${FLEETSIM:-fleetsim}
+FLEETSIM=${FLEETSIM:-fleetsim}       # e.g. FLEETSIM=.venv/bin/fleetsim PYTHON=.venv/bin/python
 BUDGET=600            # simulated seconds: the old study's 20 rounds x the 30 s deadline
 EQUAL="--set training.rounds=null --set training.time_budget_s=$BUDGET"
 POLICIES="distreal,distreal:anchor_full=true,uniform-adaptive,distreal-static,fedavg,fedavg:stragglers=wait,fedprox,fednova,federated_dropout,heterofl,fjord,fedrolex"
@@ -46,6 +46,6 @@ log "copy the summaries and rewrite the document's tables"
 cp runs/paper-lr/choice.csv docs/reproduction/lr_choice.csv
 cp runs/paper/summary.csv docs/reproduction/summary.csv
 cp runs/paper-bn/summary.csv docs/reproduction/ablation_summary.csv
-python benchmarks/check_reproduction.py --summary docs/reproduction/summary.csv \
+${PYTHON:-python} benchmarks/check_reproduction.py --summary docs/reproduction/summary.csv \
     --ablation docs/reproduction/ablation_summary.csv --write
 log "done"
