@@ -111,6 +111,17 @@ def tables(summary: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _is_default(mode: str, source: str) -> bool:
+    """Whether ``mode`` is the method's own batch-norm mode, from the report's source:
+    ``method default`` (this run's mode is the method's), ``method default: X`` (X is);
+    ``scenario`` / ``model default`` (the method has none: the model's, ``running``)."""
+    if source.startswith("method default: "):
+        return mode == source.removeprefix("method default: ")
+    if source == "method default":
+        return True
+    return mode == "running"  # the built-in models' bn_stats default
+
+
 def ablation_table(summary: Path) -> str:
     """The batch-norm ablation: one row per method, one column per ``bn_stats`` mode,
     each cell the accuracy at the common time T [95% CI] and the seeds that reached the
@@ -137,8 +148,8 @@ def ablation_table(summary: Path) -> str:
                 continue
             text = (f"{_acc(r, 'accuracy_at_common_time')}, "
                     f"{r['reached']}/{len(r['seeds'].split())}")
-            default = r.get("bn_stats_source", "") in ("method default", "model default")
-            cells.append(f"**{text}**" if default else text)
+            cells.append(f"**{text}**" if _is_default(m, r.get("bn_stats_source", ""))
+                         else text)
         out.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 

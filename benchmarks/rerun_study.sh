@@ -9,25 +9,33 @@
 # runs/paper-lr (sweep), runs/paper (study), runs/paper-bn (ablation) and a timing log
 # runs/rerun-times.txt; then copies the summaries into docs/reproduction/ and rewrites
 # the tables of docs/reproduction.md from them (the text around them is updated by hand).
+#
+# The environment variables below default to the study; a smoke test of this script sets
+# them to a tiny scenario (SCENARIO, POLICIES, BUDGET, LRS, SEEDS, DWELLS, EXTRA).
 set -euo pipefail
 JOBS=${1:-2}
 FLEETSIM=${FLEETSIM:-fleetsim}       # e.g. FLEETSIM=.venv/bin/fleetsim PYTHON=.venv/bin/python
-BUDGET=600            # simulated seconds: the old study's 20 rounds x the 30 s deadline
-EQUAL="--set training.rounds=null --set training.time_budget_s=$BUDGET"
-POLICIES="distreal,distreal:anchor_full=true,uniform-adaptive,distreal-static,fedavg,fedavg:stragglers=wait,fedprox,fednova,federated_dropout,heterofl,fjord,fedrolex"
+SCENARIO=${SCENARIO:-scenarios/paper/mnist.yaml}
+BUDGET=${BUDGET:-600}  # simulated seconds: the old study's 20 rounds x the 30 s deadline
+LRS=${LRS:-0.02,0.05,0.1}
+SEEDS=${SEEDS:-0-4}
+DWELLS=${DWELLS:-5,20,80}
+EXTRA=${EXTRA:-}       # more --set options for every batch (the smoke test's)
+EQUAL="--set training.rounds=null --set training.time_budget_s=$BUDGET $EXTRA"
+POLICIES=${POLICIES:-"distreal,distreal:anchor_full=true,uniform-adaptive,distreal-static,fedavg,fedavg:stragglers=wait,fedprox,fednova,federated_dropout,heterofl,fjord,fedrolex"}
 mkdir -p runs
 log() { echo "$(date -u +%FT%TZ) $*" | tee -a runs/rerun-times.txt; }
 
 log "sweep: learning rate x batch-norm mode per method, validation split"
-$FLEETSIM compare scenarios/paper/mnist.yaml --policies "$POLICIES" --seeds 0 \
-    --set training.optimizer.lr=0.02,0.05,0.1 --set model.options.bn_stats=running,batch,static \
+$FLEETSIM compare "$SCENARIO" --policies "$POLICIES" --seeds 0 \
+    --set training.optimizer.lr=$LRS --set model.options.bn_stats=running,batch,static \
     --set eval.split=validation --set fleet.traces.options.mean_dwell_s=20 $EQUAL \
     --out runs/paper-lr --jobs "$JOBS" --quiet
 $FLEETSIM choose runs/paper-lr --key training.optimizer.lr --key model.options.bn_stats
 
 log "study: every method at its chosen (lr, bn_stats), 5 seeds x 3 availability speeds"
-$FLEETSIM compare scenarios/paper/mnist.yaml --policies "$(cat runs/paper-lr/policies.txt)" \
-    --seeds 0-4 --set fleet.traces.options.mean_dwell_s=5,20,80 $EQUAL \
+$FLEETSIM compare "$SCENARIO" --policies "$(cat runs/paper-lr/policies.txt)" \
+    --seeds "$SEEDS" --set fleet.traces.options.mean_dwell_s=$DWELLS $EQUAL \
     --out runs/paper --jobs "$JOBS" --quiet
 $FLEETSIM report runs/paper --target-accuracy 0.9 --baseline fedavg
 
@@ -36,8 +44,8 @@ log "  at their chosen learning rate under each batch-norm mode, 5 seeds, mean d
 tr ',' '\n' < runs/paper-lr/policies.txt \
     | grep -E '^(distreal|fedavg|heterofl|fjord|fedrolex):' | grep -v 'stragglers=' \
     | sed -E 's/;model\.options\.bn_stats="?[a-z]+"?//' | paste -sd, - > runs/paper-lr/ablation.txt
-$FLEETSIM compare scenarios/paper/mnist.yaml --policies "$(cat runs/paper-lr/ablation.txt)" \
-    --seeds 0-4 --set fleet.traces.options.mean_dwell_s=20 \
+$FLEETSIM compare "$SCENARIO" --policies "$(cat runs/paper-lr/ablation.txt)" \
+    --seeds "$SEEDS" --set fleet.traces.options.mean_dwell_s=20 \
     --set model.options.bn_stats=running,batch,static $EQUAL \
     --out runs/paper-bn --jobs "$JOBS" --quiet
 $FLEETSIM report runs/paper-bn --target-accuracy 0.9 --baseline fedavg

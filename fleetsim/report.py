@@ -420,7 +420,7 @@ def _summary_of(runs: Sequence[RunData], target: float, t_common: float = math.n
     bn = sorted({r.bn_stats for r in runs})
     src = sorted({r.bn_source for r in runs})
     warns = [f"seed {r.seed}: {w}" for r in runs for w in r.warnings]
-    few = few_seeds(len(runs), runs[0].policy)
+    few = few_seeds(len(runs), "this row")
     return Summary(
         scenario=runs[0].scenario, overrides=runs[0].overrides, policy=runs[0].policy,
         seeds=tuple(r.seed for r in runs), target=target,

@@ -106,3 +106,10 @@ def test_equal_time_tables_name_batch_norm_and_the_ablation_pivots(tmp_path: Pat
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
     assert cells == ["0.900 [0.900, 0.900], 3/3", "**0.850 [0.850, 0.850], 0/3**",
                      "0.870 [0.870, 0.870], 0/3"]
+    # a method without a batch-norm default: the model's (running) is its own
+    fed = [run("fedavg@lr=0.02", s, [0.7, 0.9], f"{o}+model.options.bn_stats={m}", m,
+               "scenario") for m in ("running", "batch") for s in range(3)]
+    abl_csv.write_text(summary_csv(summarise(fed, 0.9)))
+    row = next(ln for ln in ablation_table(abl_csv).splitlines()
+               if ln.startswith("| fedavg"))
+    assert row.count("**") == 2 and row.split("|")[2].strip().startswith("**")
