@@ -11,7 +11,13 @@
 # the tables of docs/reproduction.md from them (the text around them is updated by hand).
 #
 # The environment variables below default to the study; a smoke test of this script sets
-# them to a tiny scenario (SCENARIO, POLICIES, BUDGET, LRS, SEEDS, DWELLS, EXTRA).
+# them to a tiny scenario (SCENARIO, POLICIES, BUDGET, LRS, SEEDS, DWELLS, EXTRA). Run it
+# in a copy of the repository (it rewrites docs/reproduction.md); 85 s on 2 busy cores:
+#
+#   SCENARIO=scenarios/tiny.yaml POLICIES="fedavg,fedavg:stragglers=wait,heterofl,fjord" \
+#   BUDGET=120 LRS=0.1,0.3 SEEDS=0-1 DWELLS=300,600 EXTRA='--set model.arch=cnn4
+#   --set model.options={"channels":[4,4,4,4],"norm":"bn"} --set data.validation_fraction=0.2' \
+#   bash benchmarks/rerun_study.sh 2
 set -euo pipefail
 JOBS=${1:-2}
 FLEETSIM=${FLEETSIM:-fleetsim}       # e.g. FLEETSIM=.venv/bin/fleetsim PYTHON=.venv/bin/python
