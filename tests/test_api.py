@@ -202,3 +202,17 @@ def test_final_model_is_the_last_global_state_on_a_worker_pool() -> None:
     res = fleetsim.run(sc)
     acc, _ = Trainer(trainer_settings(res.scenario)).evaluate(res.model.state_dict())
     assert acc == res.final_accuracy
+
+
+def test_compare_objects_with_out_is_a_folder_report_reads(tmp_path: Path) -> None:
+    from fleetsim.report import write_report
+
+    sc = fleetsim.load_scenario(None, ["training.rounds=2"], text=TINY)
+    cmp = fleetsim.compare([sc], tmp_path / "out", policies=["fedavg", "fedprox"],
+                           seeds=[0, 1])
+    write_report(tmp_path / "out", formats=("png",))
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert sorted(summary["policy"]) == ["fedavg", "fedprox"]
+    for pol, grp in cmp.runs.groupby("policy"):
+        row = summary[summary.policy == pol].iloc[0]
+        assert row["final_accuracy"] == pytest.approx(grp["final_accuracy"].mean())
