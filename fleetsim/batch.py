@@ -394,7 +394,7 @@ def compute_cell(task: CellTask) -> CellOutcome:
     Runs in a worker (a fresh local process or a Ray task). It writes into a private
     temporary folder and returns the bytes, so the driver alone writes ``DIR``.
     """
-    from fleetsim.build import run_scenario
+    from fleetsim.build import run_outcome
     from fleetsim.plugins import load_plugins
     from fleetsim.results import write_run
 
@@ -403,9 +403,10 @@ def compute_cell(task: CellTask) -> CellOutcome:
         sc = Scenario.model_validate_json(task.scenario_json)
         sc._method_defaults = task.method_defaults
         load_plugins(sc.plugins, task.source)
-        log = run_scenario(sc, task.source)
+        done = run_outcome(sc, task.source)
         with tempfile.TemporaryDirectory(prefix="fleetsim-cell-") as tmp:
-            write_run(tmp, sc, log, {"command": "fleetsim compare", "cell": task.rel_dir})
+            write_run(tmp, sc, done.log, {"command": "fleetsim compare", "cell": task.rel_dir},
+                      done.facts)
             # run.h5 last: the driver writes in this order, and run.h5 marks completion
             names = sorted(p.name for p in Path(tmp).iterdir() if p.name != DONE_FILE)
             files = tuple((n, (Path(tmp) / n).read_bytes()) for n in [*names, DONE_FILE])
