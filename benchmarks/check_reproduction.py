@@ -6,6 +6,12 @@ printed:
 
     python benchmarks/check_reproduction.py                       # check the committed copy
     python benchmarks/check_reproduction.py --summary DIR/summary.csv --write   # update
+    python benchmarks/check_reproduction.py --summary runs/paper/summary.csv \
+        --ablation runs/paper-bn/summary.csv --write     # the study and its bn ablation
+
+A summary written by a report that compares at equal simulated time (``common_time_s``
+and ``bn_stats`` columns) gets two more columns: each method's batch-norm mode (and
+whether it is the method's default) and its accuracy at the common time T.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reproduction.md"
 SUMMARY = REPO / "docs" / "reproduction" / "summary.csv"
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
-POLICY_ORDER = ("distreal", "uniform-adaptive", "distreal-static", "fedavg",
-                "fedavg+stragglers=wait", "fedprox", "fednova", "federated_dropout", "heterofl",
-                "fjord", "fedrolex")
+ABL_BEGIN, ABL_END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+ABLATION = REPO / "docs" / "reproduction" / "ablation_summary.csv"
+BN_MODES = ("running", "batch", "static")
+POLICY_ORDER = ("distreal", "distreal+anchor_full=true", "uniform-adaptive",
+                "distreal-static", "fedavg", "fedavg+stragglers=wait", "fedprox", "fednova",
+                "federated_dropout", "heterofl", "fjord", "fedrolex")
 
 
 def _num(row: dict[str, str], key: str) -> float:
@@ -69,48 +78,121 @@ def tables(summary: Path) -> str:
     # summaries written before fleetsim report gave the range over seeds have no such
     # column: their tables keep the columns they were published with
     ranged = bool(rows) and "final_accuracy_min" in rows[0]
+    timed = bool(rows) and "accuracy_at_common_time" in rows[0]
     for s in settings:
         sub = {r["policy"]: r for r in rows if r["overrides"] == s}
         first = next(iter(sub.values()))
         split = f", {first['eval_split']} split" if first.get("eval_split") else ""
-        out += [f"**{s}** (target accuracy {first['target_accuracy']}{split})", "",
-                "| policy | time to target, min [95% CI] | reached | speedup vs fedavg | "
+        at = (f", compared at T = {_num(first, 'common_time_s') / 60:.1f} min "
+              f"({first['common_time_rule']})") if timed else ""
+        out += [f"**{s}** (target accuracy {first['target_accuracy']}{split}{at})", "",
+                "| policy | " + ("batch norm | " if timed else "") +
+                "time to target, min [95% CI] | reached | speedup vs fedavg | "
+                + ("accuracy at T [95% CI] | " if timed else "") +
                 "final accuracy [95% CI] | " + ("final accuracy, min–max over seeds | "
                                                 if ranged else "") + "in time |",
-                "|---|---:|---:|---:|---:|" + ("---:|" if ranged else "") + "---:|"]
+                "|---|" + ("---|" if timed else "") + "---:|---:|---:|"
+                + ("---:|" if timed else "") + "---:|" + ("---:|" if ranged else "")
+                + "---:|"]
         for p in sorted(sub, key=_order):
             r = sub[p]
             sp = _num(r, "speedup")
             mark = BOUND[r.get("speedup_bound", "")]
-            out.append(f"| {p} | {_minutes(r)} | {r['reached']}/{len(r['seeds'].split())} | "
+            bn = (f"{r['bn_stats'] or '–'}"
+                  + (f" ({r['bn_stats_source']})" if r.get("bn_stats_source") else "") + " | "
+                  if timed else "")
+            out.append(f"| {p} | {bn}{_minutes(r)} | {r['reached']}/{len(r['seeds'].split())} | "
                        f"{'–' if math.isnan(sp) else f'{mark}{sp:.2f}'} | "
-                       f"{_acc(r, 'final_accuracy')} | "
+                       + (f"{_acc(r, 'accuracy_at_common_time')} | " if timed else "")
+                       + f"{_acc(r, 'final_accuracy')} | "
                        + (f"{_range(r)} | " if ranged else "")
                        + f"{100 * _num(r, 'in_time_share'):.1f}% |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
-def current_block(doc: str) -> str:
-    return doc.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+def _is_default(mode: str, source: str) -> bool:
+    """Whether ``mode`` is the method's own batch-norm mode, from the report's source:
+    ``method default`` (this run's mode is the method's), ``method default: X`` (X is);
+    ``scenario`` / ``model default`` (the method has none: the model's, ``running``)."""
+    if source.startswith("method default: "):
+        return mode == source.removeprefix("method default: ")
+    if source == "method default":
+        return True
+    return mode == "running"  # the built-in models' bn_stats default
+
+
+def ablation_table(summary: Path) -> str:
+    """The batch-norm ablation: one row per method, one column per ``bn_stats`` mode,
+    each cell the accuracy at the common time T [95% CI] and the seeds that reached the
+    target (from the ablation batch's summary.csv, whose setting varies the mode)."""
+    with summary.open() as f:
+        rows = list(csv.DictReader(f))
+    cell: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        mode = r["overrides"].rsplit("bn_stats=", 1)[-1].split("+", 1)[0]
+        cell[(r["policy"], mode)] = r
+    policies = sorted({p for p, _ in cell}, key=_order)
+    first = rows[0]
+    out = [f"Accuracy at T = {_num(first, 'common_time_s') / 60:.1f} min of simulated time "
+           f"[95% CI over {len(first['seeds'].split())} seeds] and seeds that reached "
+           f"{first['target_accuracy']}; **bold**: the method's own default.", "",
+           "| method | " + " | ".join(f"`{m}`" for m in BN_MODES) + " |",
+           "|---|" + "---:|" * len(BN_MODES)]
+    for p in policies:
+        cells = []
+        for m in BN_MODES:
+            r = cell.get((p, m))
+            if r is None:
+                cells.append("–")
+                continue
+            text = (f"{_acc(r, 'accuracy_at_common_time')}, "
+                    f"{r['reached']}/{len(r['seeds'].split())}")
+            cells.append(f"**{text}**" if _is_default(m, r.get("bn_stats_source", ""))
+                         else text)
+        out.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def current_block(doc: str, begin: str = BEGIN, end: str = END) -> str:
+    return doc.split(begin, 1)[1].split(end, 1)[0].strip("\n") + "\n"
+
+
+def _replace(doc: str, begin: str, end: str, text: str) -> str:
+    head, rest = doc.split(begin, 1)
+    return f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--summary", type=Path, default=SUMMARY)
+    ap.add_argument("--ablation", type=Path, default=None,
+                    help="the batch-norm ablation's summary.csv (default: the committed "
+                    "copy, if any)")
     ap.add_argument("--write", action="store_true", help="rewrite the tables in the document")
     args = ap.parse_args()
     want = tables(args.summary)
+    ablation = args.ablation or (ABLATION if ABLATION.is_file() else None)
     doc = DOC.read_text()
     if args.write:
-        head, rest = doc.split(BEGIN, 1)
-        DOC.write_text(f"{head}{BEGIN}\n{want}{END}{rest.split(END, 1)[1]}")
-        print(f"rewrote the tables in {DOC} from {args.summary}")
+        doc = _replace(doc, BEGIN, END, want)
+        if ablation is not None:
+            if ABL_BEGIN not in doc:
+                doc += f"\n{ABL_BEGIN}\n{ABL_END}\n"
+            doc = _replace(doc, ABL_BEGIN, ABL_END, ablation_table(ablation))
+        DOC.write_text(doc)
+        print(f"rewrote the tables in {DOC} from {args.summary}"
+              + (f" and {ablation}" if ablation else ""))
         return 0
     if current_block(doc) != want:
         print(f"{DOC}: the tables differ from {args.summary}; run with --write", file=sys.stderr)
         return 1
-    print(f"{DOC}: tables match {args.summary}")
+    if ablation is not None and (ABL_BEGIN not in doc or current_block(
+            doc, ABL_BEGIN, ABL_END) != ablation_table(ablation)):
+        print(f"{DOC}: the ablation table differs from {ablation}; run with --write",
+              file=sys.stderr)
+        return 1
+    print(f"{DOC}: tables match {args.summary}" + (f" and {ablation}" if ablation else ""))
     return 0
 
 

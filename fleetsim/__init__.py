@@ -7,13 +7,14 @@ the real PyTorch sub-network that is trained.
 
 from fleetsim._version import __version__ as __version__
 
-__all__ = ["Result", "__version__", "compare", "load_scenario", "run"]
+__all__ = ["Comparison", "Result", "__version__", "compare", "load_scenario", "run",
+           "with_changes"]
 
 
 def __getattr__(name: str) -> object:
     # The API is imported on first use, so that `import fleetsim` (and the CLI's start-up,
     # and every worker process) does not pay for torch, SimPy and pandas up front.
-    if name in ("Result", "compare", "load_scenario", "run"):
+    if name in ("Comparison", "Result", "compare", "load_scenario", "run", "with_changes"):
         from fleetsim import api
 
         return getattr(api, name)

@@ -338,12 +338,19 @@ class RayBackend(Backend):
                          log_to_driver=False)
         actor = ray.remote(num_cpus=1)(_RayTrainer)
         self.actors = [actor.remote(settings) for _ in range(self.where.workers)]
+        #: the Ray node of each actor, and how many jobs each node trained (on a cluster
+        #: of several machines, where the work went)
+        self.nodes: list[str] = ray.get([a.node.remote() for a in self.actors])
+        self.jobs_per_node: dict[str, int] = dict.fromkeys(self.nodes, 0)
 
     def train(self, state: Mapping[str, Tensor], jobs: Sequence[UpdateJob]
               ) -> Iterator[UpdateResult]:
         ref = self.ray.put(dict(state))
-        refs = [self.actors[i % len(self.actors)].train.remote(ref, job)
-                for i, job in enumerate(jobs)]
+        refs = []
+        for i, job in enumerate(jobs):
+            a = i % len(self.actors)
+            refs.append(self.actors[a].train.remote(ref, job))
+            self.jobs_per_node[self.nodes[a]] += 1
         for r in refs:
             yield self.ray.get(r)
 
@@ -359,6 +366,12 @@ class _RayTrainer:
 
     def train(self, state: Mapping[str, Tensor], job: UpdateJob) -> UpdateResult:
         return self.trainer.train(state, job)
+
+    def node(self) -> str:
+        """The id of the Ray node this actor runs on."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
 
 
 def make_backend(settings: TrainerSettings, where: BackendSettings) -> Backend:

@@ -16,6 +16,7 @@ the backend or on which cells ran before in the same worker.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -324,6 +325,7 @@ class CellOutcome:
     files: tuple[tuple[str, bytes], ...] = ()
     error: str | None = None
     wall_s: float = 0.0
+    node: str = ""  # the Ray node that ran it ("" in a local process)
 
 
 @dataclass(frozen=True)
@@ -392,7 +394,7 @@ def compute_cell(task: CellTask) -> CellOutcome:
     Runs in a worker (a fresh local process or a Ray task). It writes into a private
     temporary folder and returns the bytes, so the driver alone writes ``DIR``.
     """
-    from fleetsim.build import run_scenario
+    from fleetsim.build import run_outcome
     from fleetsim.plugins import load_plugins
     from fleetsim.results import write_run
 
@@ -401,9 +403,10 @@ def compute_cell(task: CellTask) -> CellOutcome:
         sc = Scenario.model_validate_json(task.scenario_json)
         sc._method_defaults = task.method_defaults
         load_plugins(sc.plugins, task.source)
-        log = run_scenario(sc, task.source)
+        done = run_outcome(sc, task.source)
         with tempfile.TemporaryDirectory(prefix="fleetsim-cell-") as tmp:
-            write_run(tmp, sc, log, {"command": "fleetsim compare", "cell": task.rel_dir})
+            write_run(tmp, sc, done.log, {"command": "fleetsim compare", "cell": task.rel_dir},
+                      done.facts)
             # run.h5 last: the driver writes in this order, and run.h5 marks completion
             names = sorted(p.name for p in Path(tmp).iterdir() if p.name != DONE_FILE)
             files = tuple((n, (Path(tmp) / n).read_bytes()) for n in [*names, DONE_FILE])
@@ -530,7 +533,7 @@ def run_ray(tasks: Sequence[CellTask], jobs: int, address: str | None,
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=1, max_retries=0)(compute_cell)
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_cell)
     refs = {remote.remote(t): t for t in tasks}
     try:
         while refs:
@@ -547,6 +550,14 @@ def run_ray(tasks: Sequence[CellTask], jobs: int, address: str | None,
             ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
+
+
+def _ray_cell(task: CellTask) -> CellOutcome:
+    """:func:`compute_cell` in a Ray task, with the id of the node that ran it."""
+    import ray
+
+    out = compute_cell(task)
+    return dataclasses.replace(out, node=str(ray.get_runtime_context().get_node_id()))
 
 
 # ----------------------------------------------------------------------------- recording
@@ -607,6 +618,8 @@ class BatchSummary:
     skipped: int
     failed: int
     out: Path
+    #: (cell folder, Ray node id) of every cell run on Ray, in the order they finished
+    ran_on: tuple[tuple[str, str], ...] = ()
 
 
 def prepare_fronts(tasks: Sequence[CellTask], progress: bool = True) -> None:
@@ -659,12 +672,15 @@ def run_batch(grid: Grid, out: str | os.PathLike[str], jobs: int = 1,
         failures.record(cell, error)
     by_dir = {c.rel_dir: c for c, _ in p.to_run}
     counts = {"ran": 0, "failed": len(p.invalid)}
+    ran_on: list[tuple[str, str]] = []
     bar = tqdm(total=len(grid.cells), initial=len(p.complete) + len(p.invalid),
                desc="compare", unit="run", disable=not progress, dynamic_ncols=True)
     bar.set_postfix(failed=counts["failed"])
 
     def on_done(outcome: CellOutcome) -> None:
         cell = by_dir[outcome.rel_dir]
+        if outcome.node:
+            ran_on.append((outcome.rel_dir, outcome.node))
         if outcome.error is None:
             write_cell(out_dir, outcome)
             counts["ran"] += 1
@@ -688,4 +704,4 @@ def run_batch(grid: Grid, out: str | os.PathLike[str], jobs: int = 1,
     finally:
         bar.close()
     return BatchSummary(len(grid.cells), counts["ran"], len(p.complete), counts["failed"],
-                        out_dir)
+                        out_dir, tuple(ran_on))

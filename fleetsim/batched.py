@@ -15,10 +15,16 @@ What it supports, and checks (:func:`check_batchable`):
 - jobs whose every mini-batch trains the full model (all dropout vectors zero);
 - plain SGD with momentum and weight decay (the optimiser of ``training.optimizer``), and
   FedProx's proximal term (``prox_mu``);
-- models built from :meth:`DroppableNet.conv` and :meth:`DroppableNet.linear` with no
-  batch norm (mlp, cnn4 without ``norm: bn``, femnist_cnn, mcmahan_cnn). Batch norm
-  (ResNets, ``cnn4`` with ``norm: bn``) is rejected: its running statistics would need
-  the per-device bookkeeping of :meth:`DroppableNet.bn`.
+- models built from :meth:`DroppableNet.conv`, :meth:`DroppableNet.linear` and
+  :meth:`DroppableNet.bn` (mlp, cnn4 with or without ``norm: bn``, femnist_cnn,
+  mcmahan_cnn, resnet8, resnet20). Batch norm keeps per-device statistics: the K devices'
+  channels are laid side by side as K x C channels of one ``F.batch_norm`` call, so device
+  i's samples are normalised by device i's own batch statistics, with device i's own
+  weight and bias, and (``bn_stats: running``) update device i's own running mean and
+  variance (K x C running buffers, the momentum and ``num_batches_tracked`` bookkeeping of
+  :meth:`DroppableNet.bn`). ``bn_stats: batch`` and ``static`` use batch statistics and
+  track nothing in training, as there. A batch-norm module called other than through
+  :meth:`DroppableNet.bn` would mix the devices' statistics, and is refused.
 
 Each device keeps its own batches (:func:`fleetsim.training.batch_indices` with its own
 round and device keys, and its ``samples`` under ``local_epochs``). Jobs of different step
@@ -54,22 +60,17 @@ def full_model_job(job: UpdateJob) -> bool:
 def check_batchable(trainer: Trainer, jobs: Sequence[UpdateJob]) -> None:
     """A UserError saying why ``jobs`` cannot be trained by :func:`train_batched`."""
     model = trainer.model
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise UserError(
-            f"training.batched: the model {model.arch or type(model).__name__} has batch "
-            "norm, which batched training does not support. Allowed: models without batch "
-            "norm (mlp, cnn4 without norm: bn, femnist_cnn, mcmahan_cnn), or "
-            "training.batched: false.")
     why = getattr(model, "not_batchable", None)
     if why:  # e.g. a user network run as written, or with depthwise convolutions
         raise UserError(f"training.batched: {why}, which batched training does not "
                         "support. Allowed: training.batched: false.")
-    if trainer.float_buffers:
+    other = sorted(set(trainer.float_buffers) - set(_bn_buffers(model)))
+    if other:
         raise UserError(
-            f"training.batched: the model has floating buffers "
-            f"({', '.join(sorted(trainer.float_buffers))}), which batched training does "
-            "not support. Allowed: models whose state is their parameters, or "
-            "training.batched: false.")
+            f"training.batched: the model has floating buffers other than batch-norm "
+            f"statistics ({', '.join(other)}), which batched training does not support. "
+            "Allowed: models whose state is their parameters and batch-norm statistics, "
+            "or training.batched: false.")
     for job in jobs:
         if not full_model_job(job):
             raise UserError(
@@ -77,6 +78,17 @@ def check_batchable(trainer: Trainer, jobs: Sequence[UpdateJob]) -> None:
                 f"(dropout vectors {list(job.vectors)}), which batched training does not "
                 "support. Allowed: jobs whose dropout vectors are all zero (FedAvg-like "
                 "policies), or training.batched: false.")
+
+
+def _batch_norms(model: DroppableNet) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    return {k: m for k, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def _bn_buffers(model: DroppableNet) -> list[str]:
+    """Names of the batch-norm running statistics of ``model``."""
+    return [f"{k}.{b}" for k, m in _batch_norms(model).items() if m.running_mean is not None
+            for b in ("running_mean", "running_var")]
 
 
 def batched_in_order(trainer: Trainer, state: Mapping[str, Tensor],
@@ -131,7 +143,8 @@ def _train_group(trainer: Trainer, state: Mapping[str, Tensor], jobs: Sequence[U
     x_all, y_all, _, _ = trainer.device_data()
     loss_sum = torch.zeros(n, device=dev)
     model.train()
-    with _stacked_forward(model, stacked, n):
+    norms = _BatchNorms(model, state, n, dev)
+    with _stacked_forward(model, stacked, n, norms):
         for j in range(steps):
             ti = torch.from_numpy(np.stack([b[j] for b in batches])).to(dev)  # (n, b)
             x = x_all[ti.flatten()]  # device i's samples are rows i*b .. i*b+b-1
@@ -159,9 +172,12 @@ def _train_group(trainer: Trainer, state: Mapping[str, Tensor], jobs: Sequence[U
     cpu = {k: v.detach().to("cpu") for k, v in stacked.items()}
     losses = loss_sum.to("cpu")
     out_results = []
+    cpu.update(norms.running_cpu())
     for i, job in enumerate(jobs):
         new = {k: cpu[k][i].clone() if k in cpu else state[k].detach().to("cpu", copy=True)
                for k in state}
+        for k, v in norms.counts.items():  # num_batches_tracked: one per forward pass
+            new[k] = new[k] + v
         # None: every element of the tensor trained (what Trainer.train's coverage gives)
         masks: dict[str, Tensor | None] = {k: None for k in trainer.mask_names}
         update = Update(job.device, job.weight, new, masks, job.steps)
@@ -169,10 +185,69 @@ def _train_group(trainer: Trainer, state: Mapping[str, Tensor], jobs: Sequence[U
     return out_results
 
 
+class _BatchNorms:
+    """The per-device batch-norm state of ``n`` stacked devices, and their forward pass.
+
+    ``running``: per tracked batch norm, running mean and variance of shape (n, C), from
+    the global ``state``; ``counts``: forward passes per ``num_batches_tracked`` buffer
+    (every device makes the same number, from the same start value)."""
+
+    def __init__(self, model: DroppableNet, state: Mapping[str, Tensor], n: int,
+                 dev: torch.device) -> None:
+        self.model, self.n = model, n
+        self.mods = _batch_norms(model)
+        # static batch norm (HeteroFL's sBN) trains on batch statistics and tracks nothing;
+        # "batch" has no running buffers at all
+        tracks = model.bn_stats != "static"
+        self.running: dict[str, tuple[Tensor, Tensor]] = {}
+        self.start: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        for k, m in self.mods.items():
+            if m.running_mean is None or not tracks:
+                continue
+            self.running[k] = tuple(  # type: ignore[assignment]
+                state[f"{k}.{b}"].to(dev).unsqueeze(0).repeat(n, 1).contiguous()
+                for b in ("running_mean", "running_var"))
+            if m.num_batches_tracked is not None:
+                self.counts[f"{k}.num_batches_tracked"] = 0
+                self.start[k] = state[f"{k}.num_batches_tracked"]
+
+    def forward(self, x: Tensor, name: str, w: Tensor, b: Tensor) -> Tensor:
+        """:meth:`DroppableNet.bn` (training, full network) for the ``n`` devices at once:
+        ``x`` holds their mini-batches one after another, ``w`` and ``b`` are (n, C)."""
+        mod, n = self.mods[name], self.n
+        nb, c = x.shape[:2]
+        bsz, rest = nb // n, x.shape[2:]
+        # (n*b, C, ...) -> (b, n*C, ...): device i's channels are channels i*C .. i*C+C-1
+        xg = x.reshape(n, bsz, c, *rest).transpose(0, 1).reshape(bsz, n * c, *rest)
+        stats = self.running.get(name)
+        if stats is None:
+            y = F.batch_norm(xg, None, None, w.reshape(-1), b.reshape(-1), True, 0.0, mod.eps)
+        else:
+            momentum = mod.momentum
+            key = f"{name}.num_batches_tracked"
+            if key in self.counts:  # the bookkeeping of DroppableNet.bn, per device
+                self.counts[key] += 1
+                if momentum is None:  # cumulative moving average
+                    momentum = 1.0 / float(self.start[name] + self.counts[key])
+            momentum = 0.1 if momentum is None else momentum
+            # the (n, C) buffers are contiguous: their flat views are updated in place
+            y = F.batch_norm(xg, stats[0].view(-1), stats[1].view(-1), w.reshape(-1),
+                             b.reshape(-1), True, momentum, mod.eps)
+        return y.reshape(bsz, n, c, *rest).transpose(0, 1).reshape(nb, c, *rest)
+
+    def running_cpu(self) -> dict[str, Tensor]:
+        """Every device's running statistics, by buffer name, as (n, C) on the CPU."""
+        return {f"{k}.{b}": t.detach().to("cpu")
+                for k, pair in self.running.items()
+                for b, t in zip(("running_mean", "running_var"), pair, strict=True)}
+
+
 @contextmanager
-def _stacked_forward(model: DroppableNet, stacked: Mapping[str, Tensor], n: int
-                     ) -> Iterator[None]:
-    """Make ``model``'s dense layers and convolutions use the ``n`` stacked parameter sets.
+def _stacked_forward(model: DroppableNet, stacked: Mapping[str, Tensor], n: int,
+                     norms: _BatchNorms | None = None) -> Iterator[None]:
+    """Make ``model``'s dense layers, convolutions and batch norms use the ``n`` stacked
+    parameter sets (and the per-device batch-norm statistics of ``norms``).
 
     The input is the ``n`` mini-batches one after another along the sample dimension;
     element-wise layers (activations, pooling, ``drop`` without a sub-network, flatten)
@@ -209,11 +284,25 @@ def _stacked_forward(model: DroppableNet, stacked: Mapping[str, Tensor], n: int
             f"parameter {name} outside DroppableNet.conv and DroppableNet.linear, which "
             "batched training does not support. Allowed: training.batched: false.")
 
-    patched = {"linear": linear, "conv": conv, "p": refuse}
+    def bn(x: Tensor, name: str) -> Tensor:
+        assert norms is not None
+        return norms.forward(x, name, stacked[f"{name}.weight"], stacked[f"{name}.bias"])
+
+    def direct(mod: nn.Module, args: object) -> None:
+        raise UserError(
+            f"training.batched: the model {model.arch or type(model).__name__} calls a "
+            "batch-norm module directly (not through DroppableNet.bn), which would mix "
+            "the devices' batch statistics; batched training does not support that. "
+            "Allowed: training.batched: false.")
+
+    patched = {"linear": linear, "conv": conv, "bn": bn, "p": refuse}
+    hooks = [m.register_forward_pre_hook(direct) for m in _batch_norms(model).values()]
     for k, f in patched.items():
         object.__setattr__(model, k, f)  # instance attributes shadow the methods
     try:
         yield
     finally:
+        for h in hooks:
+            h.remove()
         for k in patched:
             object.__delattr__(model, k)

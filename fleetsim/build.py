@@ -26,6 +26,7 @@ from fleetsim.costs import CostModel
 from fleetsim.dse import DSEJob
 from fleetsim.engine import Engine, EngineSettings, RunLog
 from fleetsim.errors import UserError
+from fleetsim.facts import RunFacts
 from fleetsim.fleet import Fleet
 from fleetsim.numbers import find_loose_number
 from fleetsim.plugins import load_plugins
@@ -40,7 +41,7 @@ from fleetsim.training import TrainerSettings, build_data_sizes
 
 
 def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), *,
-                  text: str | None = None) -> Scenario:
+                  text: str | None = None, source: str | None = None) -> Scenario:
     """Read, override and validate a scenario, its named components included.
 
     Parameters
@@ -48,18 +49,21 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     path : the YAML file (or None with ``text``)
     overrides : ``key.path=value`` strings, as ``--set`` takes them
     text : YAML text instead of a file
+    source : how messages name the scenario's origin (default: the path)
 
     Raises
     ------
     UserError : one paragraph naming the file, the key path and what is allowed
     """
-    sc = read_scenario(path, overrides, text=text)
-    source = str(path) if path is not None else "<scenario text>"
+    sc = read_scenario(path, overrides, text=text, source=source)
+    source = source or (str(path) if path is not None else "<scenario text>")
     keys = list(parse_overrides(overrides))
     load_plugins(sc.plugins, source)
     _check_component_numbers(sc, source, keys)
     validate_components(sc, source, keys)
-    return with_method_defaults(sc)
+    out = with_method_defaults(sc)
+    out._loaded = out.digest()
+    return out
 
 
 def with_method_defaults(sc: Scenario) -> Scenario:
@@ -320,6 +324,33 @@ class Built:
 
     engine: Engine
     backend: Backend | None
+    #: the fleet's classes and each device's sample count (for the results' per-class
+    #: tables and guardrails)
+    facts: RunFacts | None = None
+    #: the full model the backend trains (None in timing-only mode): the final global
+    #: state is loaded into a copy of it
+    model: Any = None
+
+    def final_model(self) -> Any:
+        """A copy of the model holding the engine's final global state (None in timing
+        mode)."""
+        import copy
+
+        state = getattr(self.engine, "state", None)
+        if self.model is None or state is None:
+            return None
+        model = copy.deepcopy(self.model)
+        model.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+        return model
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished run: its log, the facts its files need, and the final global model."""
+
+    log: RunLog
+    facts: RunFacts
+    model: Any = None
 
 
 def cost_model(sc: Scenario, model: Any) -> CostModel:
@@ -468,10 +499,12 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     options = dict(sc.policy.options)
     if "front" in pcls.Options.model_fields and options.get("front") is None:
         # DISTREAL-family policies: the front of this scenario's DSE settings (cached)
+        # the search writes its cache there: find out now, not after the search
+        from fleetsim.dse import cache_dir as dse_cache_dir
         from fleetsim.paths import check_output_dir
 
-        # the search writes its cache there: find out now, not after the search
-        check_output_dir(sc.dse.cache_dir, "dse.cache_dir", source=source or "<scenario>")
+        check_output_dir(dse_cache_dir(sc.dse), "dse.cache_dir",
+                         source=source or "<scenario>")
         options["front"] = str(front_for(sc, progress=progress))
     ctx = PolicyContext(
         groups=tuple((g.name, g.channels) for g in model.groups),
@@ -496,15 +529,27 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
         server_opt = make_server_optimizer(sc.server.optimizer, backend.buffer_names)
     engine = Engine(engine_settings(sc), fleet, costs, policy, selector, backend,
                     np.asarray(n_samples), cbs, server_opt)
-    return Built(engine, backend)
+    facts = RunFacts(tuple(c.name for c in fleet.classes), np.asarray(fleet.class_of),
+                     np.asarray(n_samples), sc.training.batch_size,
+                     trains=sc.training.mode == "full")
+    return Built(engine, backend, facts, model if backend is not None else None)
 
 
 def run_scenario(sc: Scenario, source: str | None = None, progress: bool = False,
                  callbacks: Sequence[Callback] = ()) -> RunLog:
     """Run ``sc`` to completion and return its log (nothing written)."""
+    return run_outcome(sc, source, progress, callbacks).log
+
+
+def run_outcome(sc: Scenario, source: str | None = None, progress: bool = False,
+                callbacks: Sequence[Callback] = (), keep_model: bool = False) -> Outcome:
+    """Run ``sc`` to completion: its log, facts and (``keep_model``) final global model."""
     built = build(sc, source, progress, callbacks)
     try:
-        return built.engine.run()
+        log = built.engine.run()
+        model = built.final_model() if keep_model else None  # before the pool's memory goes
     finally:
         if built.backend is not None:
             built.backend.close()
+    assert built.facts is not None
+    return Outcome(log, built.facts, model)

@@ -36,11 +36,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. training.rounds=5 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--resume", action="store_true", help="go on from the checkpoint in --out "
+                   "(output.checkpoint_every_rounds) if there is one; refused if the scenario "
+                   "or the code changed")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     _start_fork_server(args)
+    from fleetsim import checkpoint
     from fleetsim.build import build, load_scenario, trackers
     from fleetsim.results import write_run
 
@@ -48,17 +52,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario, overrides)
     out = Path(args.out) if args.out else Path("runs") / sc.name / f"seed-{sc.seed}"
     check_output_dir(out, "--out")  # before the run, not after it
+    resumed = checkpoint.load(out, sc) if args.resume else None  # checked before building
+    if resumed is not None and not args.quiet:
+        print(f"resuming {sc.name} from {checkpoint.resumed_at(resumed)}", flush=True)
     t0 = time.perf_counter()
     built = build(sc, args.scenario, progress=not args.quiet, callbacks=trackers(sc, out))
     try:
+        checkpoint.attach(built.engine, sc, out, resumed)
         log = built.engine.run()
     finally:
         if built.backend is not None:
             built.backend.close()
-    write_run(out, sc, log, {"command": " ".join(sys.argv)})
+    write_run(out, sc, log, {"command": " ".join(sys.argv)}, built.facts)
+    checkpoint.remove(out)  # the run is complete
     if not args.quiet:
-        _summary(sc, log, out, time.perf_counter() - t0)
+        _summary(sc, log, out, time.perf_counter() - t0, built.facts)
+    else:
+        _print_warnings(log, built.facts)
     return 0
+
+
+def _print_warnings(log, facts) -> None:  # type: ignore[no-untyped-def]
+    from fleetsim.guardrails import run_warnings
+
+    for w in run_warnings(log.rounds, facts):
+        print("warning: " + textwrap.fill(w, width=100, subsequent_indent="  "),
+              file=sys.stderr)
 
 
 def _start_fork_server(args: argparse.Namespace) -> None:
@@ -79,7 +98,7 @@ def _start_fork_server(args: argparse.Namespace) -> None:
         forkserver.start()
 
 
-def _summary(sc, log, out: Path, wall_s: float) -> None:  # type: ignore[no-untyped-def]
+def _summary(sc, log, out: Path, wall_s: float, facts=None) -> None:  # type: ignore[no-untyped-def]
     import math
 
     rows = log.rounds
@@ -93,7 +112,12 @@ def _summary(sc, log, out: Path, wall_s: float) -> None:  # type: ignore[no-unty
         print(f"  test accuracy: final {accs[-1]:.4f}, best {max(accs):.4f}")
     if sel:
         print(f"  updates in time: {comp}/{sel} selected ({comp / sel:.1%})")
+    if facts is not None and sc.training.mode == "full":
+        lo, med, hi = facts.samples_stats()
+        print(f"  training samples per device: min {lo}, median {med:g}, max {hi} "
+              f"(batch size {facts.batch_size})")
     print(f"  wrote {out}/run.h5, rounds.csv" + (", accuracy.png" if sc.output.plot else ""))
+    _print_warnings(log, facts)
 
 
 def _add_dse(sub: argparse._SubParsersAction) -> None:
@@ -121,6 +145,7 @@ def cmd_dse(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fleetsim.build import load_scenario, run_dse
+    from fleetsim.dse import cache_dir as dse_cache_dir
     from fleetsim.dse import useful, write_front
 
     overrides = list(args.overrides)
@@ -134,7 +159,7 @@ def cmd_dse(args: argparse.Namespace) -> int:
                         "front file such as fronts/mnist.h5.")
     check_output_file(args.out, "--out")
     check_output_file(png, "--out")  # the plot beside it
-    check_output_dir(sc.dse.cache_dir, "dse.cache_dir", source=args.scenario)
+    check_output_dir(dse_cache_dir(sc.dse), "dse.cache_dir", source=args.scenario)
     t0 = time.perf_counter()
     front, evaluated = run_dse(sc, progress=not args.quiet)
     write_front(args.out, front, evaluated)
@@ -237,10 +262,11 @@ def _add_traces(sub: argparse._SubParsersAction) -> None:
 
 
 from fleetsim.cli_batch import add_choose, add_compare, add_report  # noqa: E402
+from fleetsim.cli_model import add_model  # noqa: E402
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run, add_compare, add_report, add_choose, _add_traces, _add_dse, _add_profile,
-    _add_schema]
+    add_model, _add_schema]
 
 
 def parser() -> argparse.ArgumentParser:

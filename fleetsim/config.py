@@ -310,7 +310,7 @@ class TrainingConfig(Section):
                                                    "aggregation and results stay on the CPU")
     batched: bool = Field(False, description="in-process backend: train a round's "
                           "full-model updates together, one vectorised step per mini-batch "
-                          "(fleetsim.batched; models without batch norm; equal to the "
+                          "(fleetsim.batched; batch norm with per-device statistics; equal to the "
                           "one-by-one path to float rounding, not bit for bit)")
     server_time_s: float = Field(0.0, ge=0, description="simulated aggregation time per round")
     idle_wait_s: float = Field(60.0, gt=0, description="how long the server waits before "
@@ -340,7 +340,10 @@ class SelectorConfig(Section):
 class EvalConfig(Section):
     every_rounds: int = Field(1, ge=1, description="evaluate the global model every N rounds "
                               "(and after the last)")
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="samples per mini-batch of the loss "
+                            "sum and of static batch-norm recomputation; the model itself "
+                            "sees the split in fixed slices of 100 (bn_stats: batch "
+                            "normalises by those: docs/policies.md)")
     split: Literal["test", "validation"] = Field("test", description="what the global model "
                                                  "is evaluated on: test (the held-out test "
                                                  "set) | validation (data.validation_"
@@ -435,8 +438,11 @@ class DseConfig(Section):
     seed: int = Field(0, ge=0, description="seed of the search (independent of run seeds, "
                       "so every run of a comparison uses the same front)")
     workers: int = Field(2, ge=1, description="processes evaluating candidates")
-    cache_dir: str = Field(".fleetsim-cache", description="evaluated candidates are cached "
-                           "here by a hash of model, data and settings")
+    cache_dir: str | None = Field(None, description="evaluated candidates and fronts are "
+                                  "cached here by a hash of model, data and settings; "
+                                  "default: the user's cache folder, shared by all project "
+                                  "folders ($FLEETSIM_CACHE_DIR, else "
+                                  "$XDG_CACHE_HOME/fleetsim, else ~/.cache/fleetsim)")
 
     @field_validator("grid")
     @classmethod
@@ -459,6 +465,11 @@ class OutputConfig(Section):
                               "`fleetsim run` and `fleetsim.run` only")
     tensorboard_dir: str | None = Field(None, description="where the event files go (null: "
                                         "a tensorboard/ folder in the run's output folder)")
+    checkpoint_every_rounds: int | None = Field(
+        None, ge=1, description="write the run's whole state to checkpoint.pt in the output "
+        "folder every this many rounds (async: model versions), atomically; `fleetsim run "
+        "--resume` goes on from it, and it is deleted when the run completes; `fleetsim "
+        "run` only (null: none; docs/checkpoints.md)")
 
 
 _NAME = re.compile(r"[\w+=,-][\w .+=,-]*")
@@ -489,6 +500,14 @@ class Scenario(Section):
     #: what became of the policy's model defaults (fleetsim.build.with_method_defaults
     #: fills it; the run's provenance records it); not a key of the scenario file
     _method_defaults: tuple[dict[str, Any], ...] = PrivateAttr(())
+    #: the document as the user gave it (file plus overrides, before validation and
+    #: method defaults) and where it came from: what fleetsim.with_changes starts from,
+    #: so that a change by value is validated exactly like ``--set`` on that file
+    _doc: dict[str, Any] | None = PrivateAttr(None)
+    _source: str | None = PrivateAttr(None)
+    #: the digest of the scenario as fleetsim.build.load_scenario validated it (components
+    #: and method defaults included); a copy changed since (model_copy) no longer matches
+    _loaded: str | None = PrivateAttr(None)
 
     @field_validator("name")
     @classmethod

@@ -264,7 +264,7 @@ def run_dse(job: DSEJob, make_costs: Callable[[DroppableNet], CostModel],
     grid = np.asarray(cfg.grid, dtype=np.float64)
     n_var = len(groups)
     digest = settings_digest(job)
-    cache = Cache(cfg.cache_dir, digest)
+    cache = Cache(str(cache_dir(cfg)), digest)
     batch = min(job.trainer.batch_size, base.n_train)
     evaluated: dict[Vector, tuple[float, ProxyResult]] = {}
 
@@ -504,10 +504,18 @@ def plot_front(path: Path, front: Front, evaluated: dict[str, np.ndarray]) -> No
     os.replace(tmp, path)
 
 
+def cache_dir(cfg: DseConfig) -> Path:
+    """The DSE's cache folder: ``dse.cache_dir``, else the user's cache folder
+    (:func:`fleetsim.paths.user_cache_dir`)."""
+    from fleetsim.paths import user_cache_dir
+
+    return Path(cfg.cache_dir) if cfg.cache_dir else user_cache_dir()
+
+
 def front_path(job: DSEJob) -> Path:
     """Where the front of ``job``'s settings is cached."""
     cfg = job.dse
-    return Path(cfg.cache_dir) / f"front-{settings_digest(job)}-p{cfg.population}" \
+    return cache_dir(cfg) / f"front-{settings_digest(job)}-p{cfg.population}" \
         f"g{cfg.generations}-c{job.costs_key}.h5"
 
 

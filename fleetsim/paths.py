@@ -16,6 +16,24 @@ from pathlib import Path
 
 from fleetsim.errors import UserError
 
+#: environment variable naming fleetsim's cache folder (the DSE's evaluations and fronts)
+CACHE_ENV = "FLEETSIM_CACHE_DIR"
+
+
+def user_cache_dir() -> Path:
+    """fleetsim's cache folder, shared by every project folder of this user.
+
+    ``$FLEETSIM_CACHE_DIR`` if set; else ``$XDG_CACHE_HOME/fleetsim`` (the XDG Base
+    Directory specification; a relative ``XDG_CACHE_HOME`` is ignored, as it says);
+    else ``~/.cache/fleetsim``. Nothing is created here.
+    """
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "fleetsim"
+
 
 def _nearest_existing(p: Path) -> Path:
     for anc in (p, *p.parents):

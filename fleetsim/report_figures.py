@@ -9,18 +9,24 @@ What a paper needs and each figure keeps to:
 - simulated time in a unit that fits the run (seconds, minutes or hours; the axis says
   which);
 - box plots with a legend for their marks (median line, mean triangle, outlier circles);
-- speed-ups that are bounds, because some seeds never reached the target, hatched and
-  written with their >= / <= sign.
+- speed-ups that are bounds, because some seeds never reached the target, drawn as a
+  bound (a bar-less marker with an arrow toward the side the true value lies on) and
+  written with their >= / <= sign, never as a bar that reads as a measured value;
+- every figure as PNG (for the Markdown report), PDF and SVG (vector, for a paper);
+- two styles: ``screen`` (panels side by side) and ``paper`` (one column 3.3 in wide,
+  the width of a two-column paper's column, with 7-8 pt fonts that stay legible there).
 
 Each figure is built by a ``figure_*`` function that returns the matplotlib figure (so
-tests can read its axes), and saved by :func:`save`.
+tests can read its axes), and saved by :func:`save` (PNG) or :func:`save_all`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +46,52 @@ Summary = Any
 GRID_POINTS = 200
 MAX_COLUMNS = 3
 PANEL_W_IN, PANEL_H_IN = 4.6, 3.4
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+@dataclass(frozen=True)
+class Style:
+    """Size and type of the figures: panel size (in), panels per row, font sizes (pt)."""
+
+    panel_w_in: float
+    panel_h_in: float
+    max_columns: int
+    font_pt: float
+    small_pt: float
+    legend_h_in: float
+    dpi: int
+
+
+STYLES = {
+    "screen": Style(PANEL_W_IN, PANEL_H_IN, MAX_COLUMNS, 10, 8, 1.0, 150),
+    # a column of a two-column paper (IEEE, ACM, AAAI) is 3.3-3.5 in wide: panels are
+    # stacked so that each keeps the full width; 8 pt labels, 7 pt ticks and legend
+    "paper": Style(3.3, 2.1, 1, 8, 7, 0.9, 300),
+}
+_style = STYLES["screen"]
+
+
+@contextlib.contextmanager
+def figure_style(name: str) -> Iterator[Style]:
+    """Draw the figures made inside the block in style ``name`` (see :data:`STYLES`)."""
+    import matplotlib
+
+    global _style
+    previous, _style = _style, STYLES[name]
+    rc: dict[str, Any] = {
+        "font.size": _style.font_pt, "axes.titlesize": _style.font_pt,
+        "axes.labelsize": _style.font_pt, "xtick.labelsize": _style.small_pt,
+        "ytick.labelsize": _style.small_pt, "legend.fontsize": _style.small_pt,
+        "svg.fonttype": "none"}  # text stays text in the SVG, editable
+    if name == "paper":
+        # TrueType (Type 42) fonts in the PDF: publishers' checks (IEEE PDF eXpress)
+        # reject Type 3 fonts; embedding them costs ~0.5 s a figure, so only here
+        rc["pdf.fonttype"] = 42
+    try:
+        with matplotlib.rc_context(rc):
+            yield _style
+    finally:
+        _style = previous
 LINESTYLES = ("-", "--", "-.", ":")
 BOUND_HATCH = "///"
 BOUND_SIGN = {"": "", ">=": "≥", "<=": "≤"}
@@ -89,8 +141,11 @@ def policies_of(rows: Sequence[Summary]) -> list[str]:
 
 def panel_title(setting: tuple[str, str], with_scenario: bool) -> str:
     """``mean_dwell_s=5`` for ``fleet.traces.options.mean_dwell_s=5``: the last part of
-    each key is what tells panels apart (the tables give the full keys)."""
+    each key is what tells panels apart (the tables give the full keys). A setting with
+    no swept key (compare's ``default``) is titled by its scenario."""
     scenario, overrides = setting
+    if overrides == "default":
+        return scenario
     short = "+".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + part.split("=", 1)[1]
                      if "=" in part else part for part in overrides.split("+"))
     return f"{scenario}: {short}" if with_scenario else short
@@ -103,10 +158,12 @@ def grid_axes(n: int) -> tuple[Figure, list[Any]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ncols = min(max(n, 1), MAX_COLUMNS)
+    st = _style
+    ncols = min(max(n, 1), st.max_columns)
     nrows = math.ceil(max(n, 1) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_W_IN * ncols, PANEL_H_IN * nrows + 1.0),
-                             dpi=150, squeeze=False, sharey=True, layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(st.panel_w_in * ncols,
+                                                    st.panel_h_in * nrows + st.legend_h_in),
+                             dpi=st.dpi, squeeze=False, sharey=True, layout="constrained")
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -119,20 +176,37 @@ def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str]) ->
     ``fedavg+stragglers=wait@lr=0.05``, get fewer columns rather than run off the page."""
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
     for ncol in range(min(len(labels), 6), 0, -1):
-        leg = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8,
-                         frameon=False)
+        leg = fig.legend(handles, labels, loc="outside lower center", ncol=ncol,
+                         fontsize=_style.small_pt, frameon=False)
         if ncol == 1 or leg.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
             return
         leg.remove()
 
 
 def save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as PNG to ``path`` and close it."""
+    save_all(fig, path.with_suffix(""), ("png",))
+
+
+def save_all(fig: Figure, base: Path, formats: Sequence[str] = FIGURE_FORMATS) -> list[Path]:
+    """Write ``fig`` as ``base.png``, ``base.pdf`` and ``base.svg`` (``formats``), close
+    it, and return the paths. Each file is written whole or not at all."""
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    paths = []
+    try:
+        for ext in formats:
+            buf = io.BytesIO()
+            # fixed metadata: the same figure gives the same bytes (no creation date)
+            meta = {"png": {"Software": None}, "pdf": {"CreationDate": None},
+                    "svg": {"Date": None}}[ext]
+            fig.savefig(buf, format=ext, metadata=meta)
+            path = base.with_name(f"{base.name}.{ext}")
+            atomic_write_bytes(path, buf.getvalue())
+            paths.append(path)
+    finally:
+        plt.close(fig)
+    return paths
 
 
 def _label_left(axes: Sequence[Any], text: str) -> None:
@@ -176,13 +250,103 @@ def figure_accuracy_vs_time(runs: Sequence[RunData], rows: Sequence[Summary]) ->
         if math.isfinite(block[0].target):
             handles["target"] = ax.axhline(block[0].target, color="0.3", ls=":", lw=1,
                                            label="target")
-        ax.set_title(panel_title(setting, several), fontsize=10)
+        t_common = getattr(block[0], "common_s", math.nan)
+        if math.isfinite(t_common):
+            handles["common time T"] = ax.axvline(t_common / scale, color="0.5", ls="--",
+                                                  lw=0.8, label="common time T")
+        ax.set_title(panel_title(setting, several))
         ax.set_xlabel(f"simulated time ({UNIT_WORDS[unit]})")
+        ax.grid(alpha=0.3)
+    _label_left(axes, f"{_split_word(runs)} accuracy")
+    order = [p for p in policies_of(rows) if p in handles] + \
+        [k for k in ("target", "common time T") if k in handles]
+    figure_legend(fig, [handles[k] for k in order], order)
+    return fig
+
+
+def figure_accuracy_vs_rounds(runs: Sequence[RunData], rows: Sequence[Summary]) -> Figure:
+    """Accuracy against the round (its index + 1: rounds done): per policy the mean over
+    seeds and a band for their range, the target as a dotted line. Beside accuracy versus
+    simulated time, it separates what a policy gains per round from what it gains by
+    making rounds shorter."""
+    settings = settings_of(rows)
+    style = policy_styles(policies_of(rows))
+    several = len({s for s, _ in settings}) > 1
+    fig, axes = grid_axes(len(settings))
+    handles: dict[str, Any] = {}
+    for ax, setting in zip(axes, settings):
+        block = [s for s in rows if (s.scenario, s.overrides) == setting]
+        for s in block:
+            curves = []
+            for r in runs:
+                if (r.setting, r.policy) != (setting, s.policy):
+                    continue
+                acc = np.asarray(r.rounds["accuracy"], float)
+                ok = ~np.isnan(acc)
+                curves.append((np.asarray(r.rounds["round"], float)[ok] + 1, acc[ok]))
+            band = mean_band(curves)
+            if band is None:
+                continue
+            grid, mean, lo, hi = band
+            st = style[s.policy]
+            (line,) = ax.plot(grid, mean, lw=1.4, label=s.policy,
+                              marker="o" if grid.size == 1 else None, **st)
+            ax.fill_between(grid, lo, hi, color=st["color"], alpha=0.15, lw=0)
+            handles.setdefault(s.policy, line)
+        if math.isfinite(block[0].target):
+            handles["target"] = ax.axhline(block[0].target, color="0.3", ls=":", lw=1,
+                                           label="target")
+        ax.set_title(panel_title(setting, several))
+        ax.set_xlabel("rounds")
         ax.grid(alpha=0.3)
     _label_left(axes, f"{_split_word(runs)} accuracy")
     order = [p for p in policies_of(rows) if p in handles] + (["target"] if "target" in
                                                                handles else [])
     figure_legend(fig, [handles[k] for k in order], order)
+    return fig
+
+
+def figure_per_class(rows: Sequence[dict[str, Any]]) -> Figure:
+    """Per device class, the share of selections whose update was aggregated, one bar per
+    policy, with Jain's index of participation written above each bar; one panel per
+    setting (rows: :func:`fleetsim.report.per_class_summary`)."""
+    settings = list(dict.fromkeys((str(r["scenario"]), str(r["overrides"])) for r in rows))
+    policies = list(dict.fromkeys(str(r["policy"]) for r in rows))
+    style = policy_styles(policies)
+    several = len({s for s, _ in settings}) > 1
+    fig, axes = grid_axes(len(settings))
+    handles: dict[str, Any] = {}
+    for ax, setting in zip(axes, settings):
+        block = [r for r in rows if (r["scenario"], r["overrides"]) == setting]
+        classes = list(dict.fromkeys(str(r["device_class"]) for r in block))
+        pols = [p for p in policies if any(r["policy"] == p for r in block)]
+        width = 0.8 / max(len(pols), 1)
+        for i, p in enumerate(pols):
+            for k, c in enumerate(classes):
+                r = next((r for r in block if r["policy"] == p and r["device_class"] == c),
+                         None)
+                if r is None:
+                    continue
+                x = k - 0.4 + width * (i + 0.5)
+                v = float(r["completed_share"])
+                bar = ax.bar(x, 0.0 if math.isnan(v) else v, width=width * 0.9,
+                             color=style[p]["color"], edgecolor="black", lw=0.4)
+                handles.setdefault(p, bar)
+                j = float(r["jain_participation"])
+                if len(pols) <= 6:  # beyond that the labels would overlap
+                    ax.text(x, (0.0 if math.isnan(v) else v) + 0.02,
+                            "n/a" if math.isnan(j) else f"{j:.2f}", ha="center", va="bottom",
+                            fontsize=_style.small_pt - 1, rotation=90)
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_ylim(0, 1.25)
+        ax.set_title(panel_title(setting, several))
+        ax.set_xlabel("device class")
+        ax.grid(alpha=0.3, axis="y")
+    _label_left(axes, "share of selections aggregated")
+    figure_legend(fig, [handles[p] for p in policies if p in handles],
+                  [p for p in policies if p in handles])
+    fig.suptitle("numbers above bars: Jain's index of participation\n(n/a: no device of "
+                 "the class aggregated)", fontsize=_style.small_pt)
     return fig
 
 
@@ -212,7 +376,7 @@ def figure_distributions(runs: Sequence[RunData], rows: Sequence[Summary],
                    flierprops={"marker": "o", "markersize": 3, "markerfacecolor": "none"})
         ax.set_xticks(range(1, len(policies) + 1), policies)
         _rotate(ax)
-        ax.set_title(panel_title(setting, several), fontsize=10)
+        ax.set_title(panel_title(setting, several))
         ax.grid(alpha=0.3, axis="y")
     _label_left(axes, ylabel)
     handles = [Line2D([], [], color=MEDIAN_COLOR, lw=1.5),
@@ -230,44 +394,60 @@ def figure_speedup(rows: Sequence[Summary], baseline: str) -> Figure:
 
     A speed-up is exact when every seed of both reached the target. Where some did not,
     their run lengths stand in for the time they would have needed, which makes it a
-    bound: hatched, and labelled ≥ (the baseline missed: at least this fast) or ≤ (the
-    policy missed: at most this fast). n/a: no ratio (both missed in some seeds, or one
+    bound: drawn as a level with an arrow, not a bar, and labelled ≥ (the baseline
+    missed: at least this fast; arrow up) or ≤ (the policy missed: at most this fast;
+    arrow down). n/a: no ratio (both missed in some seeds, or one
     never reached the target)."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     settings = settings_of(rows)
     style = policy_styles(policies_of(rows))
     several = len({s for s, _ in settings}) > 1
     fig, axes = grid_axes(len(settings))
-    top = max((s.speedup for s in rows if math.isfinite(s.speedup)), default=1.0)
+    top = 1.2 * max((s.speedup for s in rows if math.isfinite(s.speedup)), default=1.0)
     for ax, setting in zip(axes, settings):
         block = [s for s in rows if (s.scenario, s.overrides) == setting
                  and s.policy != baseline]
         for i, s in enumerate(block):
             if not math.isfinite(s.speedup):
-                ax.text(i, 0.02 * top, "n/a", ha="center", va="bottom", fontsize=7,
-                        rotation=90, color="0.3")
+                ax.text(i, 0.02 * top, "n/a", ha="center", va="bottom",
+                        fontsize=_style.small_pt - 1, rotation=90, color="0.3")
                 continue
-            bound = s.speedup_bound != ""
-            ax.bar(i, s.speedup, width=0.7, color=style[s.policy]["color"],
-                   alpha=0.55 if bound else 0.9, edgecolor="black", lw=0.6,
-                   hatch=BOUND_HATCH if bound else None, label=s.policy)
-            ax.text(i, s.speedup, f"{BOUND_SIGN[s.speedup_bound]}{s.speedup:.2f}",
-                    ha="center", va="bottom", fontsize=7)
+            if s.speedup_bound:
+                # a bound is not a measurement: no bar, a level with an arrow pointing
+                # to where the true value lies (below for <=, above for >=)
+                down = s.speedup_bound == "<="
+                ax.plot([i - 0.3, i + 0.3], [s.speedup] * 2, color=style[s.policy]["color"],
+                        lw=2.0)
+                # the arrow's length is a share of the axis (the y-limit is 1.15 * top),
+                # so it reads as an arrow in a small paper panel too
+                step = 0.12 * 1.15 * top
+                ax.annotate("", xy=(i, s.speedup - step if down else s.speedup + step),
+                            xytext=(i, s.speedup),
+                            arrowprops={"arrowstyle": "->", "color": style[s.policy]["color"],
+                                        "lw": 1.2})
+                ax.text(i + 0.32, s.speedup, f"{BOUND_SIGN[s.speedup_bound]}{s.speedup:.2f}",
+                        ha="left", va="center", fontsize=_style.small_pt - 1)
+                continue
+            ax.bar(i, s.speedup, width=0.7, color=style[s.policy]["color"], alpha=0.9,
+                   edgecolor="black", lw=0.6, label=s.policy)
+            ax.text(i, s.speedup, f"{s.speedup:.2f}", ha="center", va="bottom",
+                    fontsize=_style.small_pt - 1)
         ax.axhline(1.0, color="0.3", lw=1, ls=":")
         ax.set_xticks(range(len(block)), [s.policy for s in block])
         _rotate(ax)
         ax.set_xlim(-0.6, max(len(block), 1) - 0.4)
-        ax.set_title(panel_title(setting, several), fontsize=10)
+        ax.set_title(panel_title(setting, several))
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylim(0, 1.15 * top)  # room for the labels (the axis is shared)
     _label_left(axes, f"speed-up vs {baseline}")
     handles = [Patch(facecolor="0.6", edgecolor="black"),
-               Patch(facecolor="0.85", edgecolor="black", hatch=BOUND_HATCH),
+               Line2D([], [], color="0.3", lw=2.0, marker=r"$\downarrow$", markersize=8),
                Patch(visible=False)]
-    figure_legend(fig, handles, ["every seed reached the target",
-                                 "bound (≥ / ≤): some seeds never reached it",
-                                 "n/a: no ratio (see the table)"])
+    figure_legend(fig, handles, ["bar: every seed reached the target",
+                                 "level + arrow (≤ / ≥): a bound, some seeds never reached "
+                                 "it", "n/a: no ratio (see the table)"])
     return fig
 
 
@@ -277,4 +457,4 @@ def _rotate(ax: Any) -> None:
         label.set_rotation(40)
         label.set_horizontalalignment("right")
         label.set_rotation_mode("anchor")
-        label.set_fontsize(8)
+        label.set_fontsize(_style.small_pt)

@@ -34,10 +34,15 @@ from fleetsim.engine import (
     WORLD_TIMELINE_COLUMNS,
     RunLog,
 )
+from fleetsim.facts import RunFacts
+from fleetsim.guardrails import run_warnings
 from fleetsim.timeunits import UNIT_WORDS, pick_time_unit
 
 TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps", "macs",
                     "mean_kept_share", "bytes_down", "bytes_up", "start_version")
+#: written when the run's facts are known (every run of this version); the class names
+#: are the timeline's attribute ``class_names``
+CLASS_COLUMN = "device_class"
 
 
 #: The files a run writes into its folder; a new run replaces exactly these (and their
@@ -126,10 +131,12 @@ def _front_used(sc: Scenario) -> str | None:
     return front_used(sc)
 
 
-def timeline_arrays(log: RunLog) -> dict[str, np.ndarray]:
+def timeline_arrays(log: RunLog, facts: RunFacts | None = None) -> dict[str, np.ndarray]:
+    """The timeline as columns; with ``facts``, also each row's device class (index into
+    ``facts.class_names``)."""
     tl = log.timeline
     code = {s: i for i, s in enumerate(STATUS)}
-    return {
+    out = {
         "device": np.fromiter((o.device for o in tl), np.int64, len(tl)),
         "round": np.fromiter((o.round for o in tl), np.int64, len(tl)),
         "t_start_s": np.fromiter((o.t_start for o in tl), np.float64, len(tl)),
@@ -145,6 +152,9 @@ def timeline_arrays(log: RunLog) -> dict[str, np.ndarray]:
         **{c: np.fromiter((getattr(o, c) for o in tl), np.float64, len(tl))
            for w in sorted(log.world) for c in WORLD_TIMELINE_COLUMNS.get(w, ())},
     }
+    if facts is not None:
+        out[CLASS_COLUMN] = np.asarray(facts.class_of, np.int16)[out["device"]]
+    return out
 
 
 def round_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -159,19 +169,23 @@ def rounds_arrays(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def write_run(out_dir: str | os.PathLike[str], sc: Scenario, log: RunLog,
-              extra: dict[str, Any] | None = None) -> Path:
-    """Write all outputs of a run into ``out_dir`` as one unit; returns ``run.h5``'s path."""
+              extra: dict[str, Any] | None = None, facts: RunFacts | None = None) -> Path:
+    """Write all outputs of a run into ``out_dir`` as one unit; returns ``run.h5``'s path.
+
+    ``facts`` (the fleet's classes, samples per device) add the timeline's device class,
+    the class sizes and the samples-per-device figures, and the data guardrail."""
     out = Path(out_dir)
     staged = staging_dir(out)
     try:
-        _write_into(staged, sc, log, extra)
+        _write_into(staged, sc, log, extra, facts)
         publish(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return out / DONE_FILE
 
 
-def _write_into(out: Path, sc: Scenario, log: RunLog, extra: dict[str, Any] | None) -> None:
+def _write_into(out: Path, sc: Scenario, log: RunLog, extra: dict[str, Any] | None,
+                facts: RunFacts | None = None) -> None:
     write_rounds_csv(out / "rounds.csv", log.rounds)
     if sc.output.plot:
         plot_accuracy(out / "accuracy.png", log.rounds, sc.name, sc.eval.split)
@@ -183,10 +197,17 @@ def _write_into(out: Path, sc: Scenario, log: RunLog, extra: dict[str, Any] | No
             g.create_dataset(k, data=v)
         if sc.output.timeline:
             t = f.create_group("timeline")
-            for k, v in timeline_arrays(log).items():
+            for k, v in timeline_arrays(log, facts).items():
                 t.create_dataset(k, data=v, compression="gzip" if len(v) > 4096 else None)
             t.attrs["status_codes"] = json.dumps(list(STATUS))
-        prov = provenance(sc, {"wall_s": log.wall_s, **(extra or {})})
+        more: dict[str, Any] = {"wall_s": log.wall_s, **(extra or {}),
+                                "warnings": run_warnings(log.rounds, facts)}
+        if facts is not None:
+            lo, med, hi = facts.samples_stats()
+            more.update(class_names=list(facts.class_names),
+                        class_sizes=[int(x) for x in facts.class_sizes()],
+                        samples_per_device=[lo, med, hi], batch_size=facts.batch_size)
+        prov = provenance(sc, more)
         for k, v in prov.items():
             if isinstance(v, bool | int | float):
                 f.attrs[k] = v
@@ -222,6 +243,22 @@ def read_rounds(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 for c in (rows[0].keys() if rows else ROUND_COLUMNS)}
     with h5py.File(p, "r") as f:
         return {k: f["rounds"][k][:] for k in f["rounds"]}
+
+
+def read_attr_json(path: str | os.PathLike[str], name: str, default: Any = None) -> Any:
+    """A JSON-valued attribute of a ``run.h5`` (``warnings``, ``class_names``, ...);
+    ``default`` when the run was written before it existed."""
+    with h5py.File(path, "r") as f:
+        v = f.attrs.get(name)
+    if v is None:
+        return default
+    return json.loads(v.decode() if isinstance(v, bytes) else str(v))
+
+
+def read_timeline(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The device timeline of a ``run.h5`` as columns (empty when it was not written)."""
+    with h5py.File(path, "r") as f:
+        return {k: f["timeline"][k][:] for k in f["timeline"]} if "timeline" in f else {}
 
 
 def read_eval_split(path: str | os.PathLike[str]) -> str:

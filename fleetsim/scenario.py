@@ -177,7 +177,7 @@ def validation_error(exc: ValidationError, source: str, prefix: tuple[str | int,
 
 
 def read_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), *,
-                  text: str | None = None) -> Scenario:
+                  text: str | None = None, source: str | None = None) -> Scenario:
     """Read, override and validate the shape of a scenario (its sections and keys).
 
     The named components (policy, model, dataset, ...) are checked where they are built:
@@ -188,8 +188,10 @@ def read_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     path : the YAML file (or None with ``text``)
     overrides : ``key.path=value`` strings from ``--set``
     text : YAML text instead of a file
+    source : how messages name where the scenario came from (default: the path, or
+        ``<scenario text>``)
     """
-    source = str(path) if path is not None else "<scenario text>"
+    source = source or (str(path) if path is not None else "<scenario text>")
     if text is None:
         text = _read_scenario_file(Path(path), source)  # type: ignore[arg-type]
     doc = load_yaml(text, source)
@@ -214,6 +216,8 @@ def read_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
         sc = Scenario.model_validate(doc)
     except ValidationError as exc:
         raise validation_error(exc, source, overrides=list(parsed)) from None
+    sc._doc = doc
+    sc._source = source
     return sc
 
 

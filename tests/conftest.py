@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fleetsim.traces import Signal, TraceSet, write_traces
+
+# The DSE caches in the user's cache folder by default: tests must never read a user's
+# fronts or leave theirs there. One temporary folder for the session (CLI subprocesses
+# inherit it); tests that need their own pass dse.cache_dir.
+os.environ["FLEETSIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="fleetsim-test-cache-")
 
 TINY = """
 name: tiny

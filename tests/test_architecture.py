@@ -92,7 +92,7 @@ LOADER = ("fleetsim.scenario",)
     ("fleetsim.nn", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
     ("fleetsim.data", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
     ("fleetsim.costs", ("fleetsim.scenario", "fleetsim.config", "fleetsim.engine", *RUNNER)),
-    ("fleetsim.engine", (*RUNNER, *LOADER)),
+    ("fleetsim.engine", (*RUNNER, *LOADER, "fleetsim.checkpoint")),
     ("fleetsim.config", ("fleetsim.scenario", "fleetsim.engine", *RUNNER)),
     # inside the engine: one device's timing knows no server; each server knows not the
     # other; the row definitions know nothing of the engine's other parts

@@ -19,6 +19,8 @@ MODELS = {
     "mlp": ["model.arch=mlp", "model.options={hidden: [12, 10]}"],
     "cnn4": ["model.arch=cnn4", "model.options={channels: [3, 4, 4, 5]}"],
     "mcmahan_cnn": ["model.arch=mcmahan_cnn", "model.options={channels: [3, 4], hidden: 8}"],
+    "cnn4_bn": ["model.arch=cnn4", "model.options={channels: [3, 4, 4, 5], norm: bn}"],
+    "resnet8": ["model.arch=resnet8", "model.options={width: 0.25}"],
 }
 
 
@@ -100,17 +102,103 @@ def test_local_epochs_jobs_with_a_shorter_last_batch_agree() -> None:
     _compare(t, jobs)
 
 
-def test_sub_networks_and_batch_norm_are_refused() -> None:
+def test_sub_networks_are_refused() -> None:
     t = _trainer("mlp")
     sub = UpdateJob(device=0, round=0, weight=1.0, vectors=((0.0, 0.0), (0.5, 0.0)),
                     step_vector=(0, 1, 0))
     assert full_model_job(_job(0, groups=2)) and not full_model_job(sub)
     with pytest.raises(UserError, match=r"training\.batched.*device 0 trains sub-networks"):
         train_batched(t, t.initial_state(), [_job(1, groups=2), sub])
-    bn = Trainer(trainer_settings(load_scenario(None, [
-        "model.arch=cnn4", "model.options={channels: [2, 2, 2, 2], norm: bn}"], text=TINY)))
-    with pytest.raises(UserError, match="batch norm"):
-        check_batchable(bn, [_job(0, groups=4)])
+
+
+# ---------------------------------------------------------------- batch norm
+
+
+def _bn_trainer(arch: str, stats: str, *extra: str) -> Trainer:
+    opts = {"cnn4_bn": "channels: [3, 4, 4, 5], norm: bn", "resnet8": "width: 0.25"}[arch]
+    sc = load_scenario(None, [f"model.arch={MODELS[arch][0].split('=')[1]}",
+                              f"model.options={{{opts}, bn_stats: {stats}}}",
+                              "training.batch_size=8", "training.optimizer.lr=0.2", *extra],
+                       text=TINY)
+    return Trainer(trainer_settings(sc))
+
+
+def _perturbed(t: Trainer) -> dict[str, torch.Tensor]:
+    """The initial state with running statistics away from (0, 1) and a count of 3, so
+    that a device's own statistics, momentum and count all show in the result."""
+    state = t.initial_state()
+    g = torch.Generator().manual_seed(5)
+    for k, v in state.items():
+        if k.endswith("running_mean"):
+            state[k] = torch.randn(v.shape, generator=g) * 0.3
+        elif k.endswith("running_var"):
+            state[k] = 0.5 + torch.rand(v.shape, generator=g)
+        elif k.endswith("num_batches_tracked"):
+            state[k] = torch.tensor(3)
+    return state
+
+
+def _compare_bn(t: Trainer, jobs: list[UpdateJob]) -> None:
+    state = _perturbed(t)
+    seq = [t.train(state, job) for job in jobs]
+    bat = train_batched(t, state, jobs)
+    running = [k for k in state if k.endswith(("running_mean", "running_var"))]
+    for s, b in zip(seq, bat, strict=True):
+        assert b.update.state.keys() == s.update.state.keys() == state.keys()
+        for k in state:  # every tensor: weights, running statistics, counts
+            assert b.update.state[k].dtype == s.update.state[k].dtype, k
+            assert float((b.update.state[k].double() - s.update.state[k].double()
+                          ).abs().max()) <= TOL, k
+        assert b.loss_sum == pytest.approx(s.loss_sum, abs=TOL)
+        if t.model.bn_stats == "running":  # the statistics moved, per device
+            assert running and max(float((s.update.state[k] - state[k]).abs().max())
+                                   for k in running) > 1e-3
+            counts = [k for k in state if k.endswith("num_batches_tracked")]
+            assert counts and all(int(s.update.state[k]) == 3 + s.update.steps
+                                  for k in counts)
+        else:  # batch statistics only: nothing tracked in training
+            assert all(torch.equal(s.update.state[k], state[k]) for k in running)
+    if t.model.bn_stats == "running":
+        k = running[0]
+        assert float((seq[0].update.state[k] - seq[1].update.state[k]).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("stats", ["running", "batch", "static"])
+def test_batched_batch_norm_equals_sequential_cnn4(stats: str) -> None:
+    t = _bn_trainer("cnn4_bn", stats)
+    _compare_bn(t, [_job(d, groups=4) for d in (0, 3, 5, 6)])
+
+
+def test_batched_batch_norm_equals_sequential_resnet8_momentum_prox() -> None:
+    t = _bn_trainer("resnet8", "running", "training.optimizer.momentum=0.9",
+                    "training.optimizer.weight_decay=0.01")
+    groups = len(t.model.groups)
+    _compare_bn(t, [_job(1, groups=groups, prox_mu=0.1), _job(2, groups=groups),
+                    _job(4, groups=groups)])
+
+
+def test_batched_batch_norm_cumulative_momentum() -> None:
+    """momentum None (a cumulative average, 1 / num_batches_tracked): the count each
+    device's statistics are averaged with starts from the global state's."""
+    t = _bn_trainer("cnn4_bn", "running")
+    for m in t.model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    _compare_bn(t, [_job(d, groups=4) for d in (1, 2)])
+
+
+def test_a_batch_norm_called_directly_is_refused() -> None:
+    t = _bn_trainer("cnn4_bn", "running")
+    check_batchable(t, [_job(0, groups=4)])  # batch norm through DroppableNet.bn: accepted
+    original = type(t.model).functional
+
+    def odd(self, x):  # type: ignore[no-untyped-def]
+        return original(self, x) + self.bns[0](torch.zeros(1, 3, 2, 2)).sum()
+
+    t.model.functional = odd.__get__(t.model)  # type: ignore[method-assign]
+    with pytest.raises(UserError, match="calls a batch-norm module directly"):
+        train_batched(t, t.initial_state(), [_job(0, groups=4), _job(1, groups=4)])
+    assert not t.model.bns[0]._forward_pre_hooks  # the guard is removed afterwards
 
 
 def test_a_parameter_used_outside_conv_and_linear_is_refused() -> None:
@@ -246,3 +334,49 @@ def test_device_data_follows_a_replaced_dataset() -> None:
     assert len(t.device_data()[3]) == 7
     acc, _ = t.evaluate(t.initial_state())
     assert acc * 7 == pytest.approx(round(acc * 7))  # evaluated on the 7 samples
+
+
+def test_gpu_benchmark_smoke_runs_both_models() -> None:
+    """benchmarks/gpu.py --smoke: the GPU benchmark's code runs (here on the CPU) for the
+    McMahan CNN and ResNet-20, and its two paths agree."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(r"^\w+\s+(\w+)\s+2 devices .* max \|diff\| (\S+)$", done.stdout, re.M)
+    assert [m for m, _ in rows] == ["mcmahan_cnn", "resnet20"], done.stdout
+    assert all(float(d) <= TOL for _, d in rows)
+
+
+def test_batched_running_statistics_match_plain_torch_by_hand() -> None:
+    """An independent reference: after one step, device i's first batch norm's running
+    statistics are (1 - m) * start + m * (mean, unbiased variance) of its own first
+    convolution's outputs on its own mini-batch, computed here with plain PyTorch."""
+    import torch.nn.functional as F
+
+    from fleetsim.training import batch_indices
+
+    t = _bn_trainer("cnn4_bn", "running")
+    state = _perturbed(t)
+    jobs = [_job(d, steps=1, groups=4) for d in (2, 5)]
+    bat = train_batched(t, state, jobs)
+    x_all = t.data.x_train
+    for job, res in zip(jobs, bat, strict=True):
+        (idx,) = batch_indices(t.partition, job.device, job.round, 1, t.batch, t.seed)
+        h = F.conv2d(x_all[torch.from_numpy(idx)].double(),
+                     state["convs.0.weight"].double(), state["convs.0.bias"].double(),
+                     padding=1)
+        mean = h.mean((0, 2, 3))
+        n = h.numel() / h.shape[1]
+        var = ((h - mean[None, :, None, None]) ** 2).sum((0, 2, 3)) / (n - 1)
+        want_mean = 0.9 * state["bns.0.running_mean"].double() + 0.1 * mean
+        want_var = 0.9 * state["bns.0.running_var"].double() + 0.1 * var
+        got = res.update.state
+        assert torch.allclose(got["bns.0.running_mean"].double(), want_mean, atol=1e-6)
+        assert torch.allclose(got["bns.0.running_var"].double(), want_var, atol=1e-5)
+        assert int(got["bns.0.num_batches_tracked"]) == 4

@@ -105,3 +105,48 @@ def test_a_run_without_evaluations_never_wins() -> None:
     from fleetsim.choose import _mean, _rank
 
     assert math.isnan(_mean([0.5, math.nan])) and _rank(math.nan) == -math.inf
+
+
+def test_learning_rate_and_batch_norm_mode_are_chosen_jointly(tmp_path: Path) -> None:
+    """Issue 28: the sweep chooses each method's batch-norm mode with its learning rate;
+    the method's own default stays visible beside the choice."""
+    import json
+
+    out = tmp_path / "bn"
+    assert main(["compare", TINY, "--policies", "fedavg,heterofl", "--seeds", "0",
+                 "--set", "model.arch=cnn4",
+                 "--set", "model.options={channels: [4, 4, 4, 4], norm: bn}",
+                 "--set", "training.optimizer.lr=0.05,0.3",
+                 "--set", "model.options.bn_stats=running,batch",
+                 "--set", "training.rounds=3", "--set", "eval.split=validation",
+                 "--set", "data.validation_fraction=0.2", "--out", str(out), "--quiet"]) == 0
+    keys = ("training.optimizer.lr", "model.options.bn_stats")
+    choices = {c.policy: c for c in choose(out, keys, 2)}
+    for policy in ("fedavg", "heterofl"):
+        hand = {}
+        for lr in (0.05, 0.3):
+            for bn in ("running", "batch"):
+                folder = out / "tiny" / policy / \
+                    f"training.optimizer.lr={lr}+model.options.bn_stats={bn}" / "seed-0"
+                if not folder.is_dir():  # the axes' order in the folder name
+                    folder = out / "tiny" / policy / \
+                        f"model.options.bn_stats={bn}+training.optimizer.lr={lr}" / "seed-0"
+                with (folder / "rounds.csv").open() as f:
+                    acc = [float(r["accuracy"]) for r in csv.DictReader(f) if r["accuracy"]]
+                hand[(lr, bn)] = sum(acc[-2:]) / len(acc[-2:])
+        c = choices[policy]
+        assert len(c.scores) == 4
+        assert tuple(c.value) == max(hand, key=hand.get)
+        # a plain word stays bare, so the study's folder reads @bn_stats=running
+        assert c.spec == (f"{policy}:training.optimizer.lr={json.dumps(c.value[0])};"
+                          f"model.options.bn_stats={c.value[1]}")
+    # HeteroFL's paper default (sBN: static) is named beside its choice; FedAvg has none
+    assert choices["heterofl"].method_defaults == (("model.options.bn_stats", "static"),)
+    assert choices["fedavg"].method_defaults == ()
+    assert main(["choose", str(out), "--key", keys[0], "--key", keys[1], "--last", "2"]) == 0
+    rows = list(csv.DictReader((out / "choice.csv").open()))
+    assert set(rows[0]) == {"policy", *keys, "score", "runs", "chosen", "method_default"}
+    assert {r["method_default"] for r in rows if r["policy"] == "heterofl"} == \
+        {'model.options.bn_stats="static"'}
+    text = (out / "policies.txt").read_text()
+    assert "model.options.bn_stats=" in text and "training.optimizer.lr=" in text

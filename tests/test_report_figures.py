@@ -98,7 +98,8 @@ def test_eleven_policies_have_eleven_styles_and_one_legend() -> None:
     assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 11
     fig = figure_accuracy_vs_time(runs, rows)
     assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)
-    assert legend_texts(fig) == ["fedavg", *sorted(TEN, key=_natural), "target"]
+    assert legend_texts(fig) == ["fedavg", *sorted(TEN, key=_natural), "target",
+                                 "common time T"]
     # the same policy has the same style in every panel
     for ax in visible_axes(fig):
         for line in ax.get_lines():
@@ -144,10 +145,19 @@ def test_partial_speedups_are_marked() -> None:
     ax = visible_axes(fig)[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == ["exact", "lucky", "never"]  # the baseline has no bar
-    bars = {ticks[round(p.get_x() + p.get_width() / 2)]: p for p in ax.patches}
-    assert bars["lucky"].get_hatch() and not bars["exact"].get_hatch()
-    assert "never" not in bars
+    bars = {ticks[round(p.get_x() + p.get_width() / 2)]: p for p in ax.patches
+            if p.get_width() > 0}
+    # a bound is drawn as a bound: no bar (a bar reads as a measured value), but a level
+    # at the bound with an arrow pointing down (<=: the true speed-up is at most this)
+    assert "lucky" not in bars and "never" not in bars
     assert bars["exact"].get_height() == pytest.approx(by["exact"].speedup)
+    levels = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1
+              and ln.get_ydata()[0] == pytest.approx(by["lucky"].speedup)]
+    assert len(levels) == 1 and np.mean(levels[0].get_xdata()) == pytest.approx(1.0)
+    arrows = [a for a in ax.texts if getattr(a, "arrow_patch", None) is not None]
+    assert len(arrows) == 1
+    (x0, y0), (x1, y1) = arrows[0].xyann, arrows[0].xy  # from the level, to its tip
+    assert x0 == x1 == 1 and y0 == pytest.approx(by["lucky"].speedup) and y1 < y0
     labels = {t.get_text() for t in ax.texts}
     assert f"≤{by['lucky'].speedup:.2f}" in labels and f"{by['exact'].speedup:.2f}" in labels
     assert "n/a" in labels
@@ -167,7 +177,9 @@ def test_panel_titles() -> None:
     assert panel_title(("mnist", "fleet.traces.options.mean_dwell_s=5"), False) == \
         "mean_dwell_s=5"
     assert panel_title(("mnist", "a.b=1+c.d=x"), True) == "mnist: b=1+d=x"
-    assert panel_title(("mnist", "default"), False) == "default"
+    # no swept setting: the scenario names the panel, not compare's folder name "default"
+    assert panel_title(("mnist", "default"), False) == "mnist"
+    assert panel_title(("mnist", "default"), True) == "mnist"
 
 
 def test_long_legend_labels_do_not_overlap() -> None:
@@ -182,7 +194,7 @@ def test_long_legend_labels_do_not_overlap() -> None:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
     boxes = [t.get_window_extent(renderer) for leg in fig.legends for t in leg.get_texts()]
-    assert len(boxes) == 12
+    assert len(boxes) == 13  # 11 policies, the target and the common time T
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), (a, b)

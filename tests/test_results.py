@@ -85,7 +85,7 @@ def test_crash_while_publishing_never_mixes_two_runs(tmp_path: Path, two_runs,  
 def test_every_column_and_status_is_documented(tmp_path: Path, two_runs) -> None:  # type: ignore[no-untyped-def]
     doc = (ROOT / "docs" / "results.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc, re.M))
-    for name in (*ROUND_COLUMNS, *TIMELINE_COLUMNS, *STATUS):
+    for name in (*ROUND_COLUMNS, *TIMELINE_COLUMNS, "device_class", *STATUS):
         assert name in documented, f"docs/results.md does not describe {name!r}"
     sc, log = two_runs[0]
     write_run(tmp_path / "r", sc, log)

@@ -36,6 +36,11 @@ class AsyncServer(Server):
     """FedBuff / FedAsync (``server.mode: async``); owns the versions, the jobs in flight
     and the buffer."""
 
+    #: what a checkpoint keeps: the versions, the jobs in flight and the buffer
+    STATE = (*Server.STATE, "_versions", "_refs", "_version", "_busy", "_jobs", "_repeats",
+             "_buffer", "_ended", "_in_flight", "_heap", "_started_since", "_t_last",
+             "_t_online")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: global models by version, kept while a job in flight or buffered started from it
@@ -102,8 +107,10 @@ class AsyncServer(Server):
         env = self.env
         plan = self.policy.plan(0, self.settings.server.concurrency)
         self._job_deadline = self.settings.deadline_s if not plan.wait_all else None
-        self._fill()
+        if self.resumed is None:  # else the restored server goes on where it was
+            self._fill()
         while not self._done(self._version):
+            version = self._version
             t_job = self._heap[0][0] if self._heap else INF
             # fewer jobs than the concurrency: every idle device is offline now, so the
             # server also wakes at the first instant one of them comes online
@@ -128,6 +135,10 @@ class AsyncServer(Server):
                     self._t_online = None  # that device may start now: look again
             if not self._done(self._version):
                 self._fill()
+                if self.checkpoints is not None and any(  # several can happen at one instant
+                        self.checkpoints.due(v) for v in range(version + 1, self._version + 1)):
+                    # after an aggregation: the loop goes on from its top
+                    self.checkpoints.save(self.snapshot({"version": self._version}))
         self._finish()
 
     def _next_online(self, t: float) -> float:

@@ -86,6 +86,33 @@ class Engine:
         """The global model (None in timing-only mode)."""
         return self.server.state
 
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoints(self) -> Any:
+        """The checkpoint writer (:mod:`fleetsim.checkpoint`; None: off)."""
+        return self.server.checkpoints
+
+    @checkpoints.setter
+    def checkpoints(self, writer: Any) -> None:
+        if writer is not None and self.server.links is not None:
+            raise UserError(
+                f"{self.settings.name}: at 'output.checkpoint_every_rounds': checkpoints do "
+                "not yet keep the shared links' transfers (fleet.network.sharing), so a "
+                "resumed run could differ from an uninterrupted one. Allowed: "
+                "checkpoint_every_rounds null (or 0) with shared links, or sharing 'off'.")
+        self.server.checkpoints = writer
+
+    def snapshot(self, position: dict[str, Any]) -> dict[str, Any]:
+        """The run's state at ``position`` (see :meth:`Server.snapshot`)."""
+        return self.server.snapshot(position)
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Go on from ``snap`` when :meth:`run` is called: a new environment that starts
+        at the saved simulated time, and the server's saved state."""
+        self.env = self.server.env = simpy.Environment(initial_time=snap["now"])
+        self.server.restore(snap)
+
     def run(self) -> RunLog:
         t0 = time.perf_counter()
         for cb in self.callbacks:

@@ -31,7 +31,8 @@ class Power:
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self._states: dict[int, BatteryState] = {}
+        #: per device with a battery, its state (settled lazily; kept by checkpoints)
+        self.states: dict[int, BatteryState] = {}
 
     def _online(self, d: int) -> Any:
         tr = self.fleet.trace(d)
@@ -42,9 +43,9 @@ class Power:
         bat = self.fleet.battery(d)
         if bat is None:
             return None
-        st = self._states.get(d)
+        st = self.states.get(d)
         if st is None:
-            st = self._states[d] = BatteryState(level_j=self.fleet.initial_charge_j(d))
+            st = self.states[d] = BatteryState(level_j=self.fleet.initial_charge_j(d))
         if st.t_s < t:
             st.settle(t, bat, self.fleet.energy(d), self._online(d))  # type: ignore[arg-type]
         return st

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import simpy
@@ -98,6 +98,11 @@ class Server:
         if self.links is not None:
             self._refuse_with_sharing()
         self._last_eval = -1  # the last round (version) evaluated
+        #: the checkpoint writer (:class:`fleetsim.checkpoint.Checkpoints`: ``due(n)``,
+        #: ``save(snapshot)``; None: off), and where a resumed run goes on (set by
+        #: :meth:`restore`)
+        self.checkpoints: Any = None
+        self.resumed: dict[str, Any] | None = None
 
     def _refuse_with_sharing(self) -> None:
         """What shared links are not combined with yet: an error, never a run that
@@ -120,6 +125,45 @@ class Server:
 
     def process(self) -> Iterator[simpy.events.Event]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ checkpoints
+
+    #: the attributes of a server that cross rounds, which a checkpoint keeps (a
+    #: subclass adds its protocol's own)
+    STATE: ClassVar[tuple[str, ...]] = ("_last_eval", "_idle")
+
+    def snapshot(self, position: dict[str, Any]) -> dict[str, Any]:
+        """Everything the run needs to go on from ``position`` (a round's end in sync
+        mode, an aggregation in async mode): simulated time, global model, rows so far,
+        the selector's, policy's and server optimizer's state, the batteries, and the
+        server's own state (:data:`STATE`: in async mode the jobs in flight, the buffer and
+        the model versions they train from). The schedule needs nothing else: it depends
+        only on the traces and on streams keyed by purpose. Written to a file by
+        :mod:`fleetsim.checkpoint`."""
+        return {
+            "position": {**position, "server": {k: getattr(self, k) for k in self.STATE}},
+            "now": self.env.now, "state": self.state,
+            "rounds": self.log.rounds, "timeline": self.log.timeline,
+            "selector": vars(self.selector),
+            # the policy's context is built from the scenario; the rest may be its state
+            "policy": {k: v for k, v in vars(self.policy).items() if k != "ctx"},
+            "server_opt": None if self.server_opt is None else vars(self.server_opt),
+            "batteries": None if self.power is None else self.power.states}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Go on from ``snap`` (what :meth:`snapshot` gave) when the process starts (the
+        engine has given the server an environment that starts at ``snap["now"]``)."""
+        self.state = snap["state"]
+        self.log.rounds, self.log.timeline = snap["rounds"], snap["timeline"]
+        vars(self.selector).update(snap["selector"])
+        vars(self.policy).update(snap["policy"])
+        if self.server_opt is not None:
+            vars(self.server_opt).update(snap["server_opt"])
+        if self.power is not None:
+            self.power.states = snap["batteries"]
+        for k, v in snap["position"]["server"].items():
+            setattr(self, k, v)
+        self.resumed = snap["position"]
 
     # ------------------------------------------------------------------ shared rules
 

@@ -32,7 +32,7 @@ class SyncServer(Server):
         timer = self.timer
         k = cfg.clients_per_round
         deadline_s = cfg.deadline_s
-        r = 0
+        r = 0 if self.resumed is None else self.resumed["round"]
         pending: tuple[dict[str, Any], Evaluation | None] | None = None  # a row to finish
         while not self._done(r):
             t_start = env.now
@@ -105,6 +105,10 @@ class SyncServer(Server):
                 self._settle(pending)  # nothing to wait for: tell the callbacks now
                 pending = None
             r += 1
+            if self.checkpoints is not None and not self._done(r) and self.checkpoints.due(r):
+                self._settle(pending)  # the row is finished before it is saved
+                pending = None
+                self.checkpoints.save(self.snapshot({"round": r}))
         self._settle(pending)
         self._final_evaluation()
 

@@ -20,7 +20,12 @@ Choices the paper leaves open, as options with documented defaults:
   stop and send the mini-batches done, if any) or ``late`` (train on with the cheapest
   vector and arrive late; the server's straggler rule then applies);
 - ``margin``: estimated times are multiplied by this (> 1 leaves slack for availability
-  that drops later in the round).
+  that drops later in the round);
+- ``anchor_full`` (off by default; when off, runs are bit-identical to before it existed):
+  the full network d = 0 is always a candidate, and it is preferred unless a front vector
+  beats it by more than that vector's spread over the DSE's repeats (proxy < -spread).
+  A noisy proxy can put a cheaper vector "ahead" of the full network by less than its
+  noise, which drops the full network off the front; this keeps it.
 
 Kept activations are rescaled by 1/(1-d) in training (``model.options.rescale``).
 """
@@ -30,9 +35,10 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import Field
 
-from fleetsim.dse import Front
+from fleetsim.dse import Front, useful
 from fleetsim.policies.base import (
     POLICIES,
     STOP,
@@ -149,11 +155,17 @@ class Distreal(CandidatePolicy):
         useful_only: bool = Field(True, description="use only useful front vectors: no worse "
                                   "than the full network by more than their spread over "
                                   "the DSE's repeats")
+        anchor_full: bool = Field(False, description="keep the full network (d = 0) as a "
+                                  "candidate, preferred unless a front vector beats it by "
+                                  "more than its spread (proxy < -spread)")
 
     def __init__(self, options: PolicyOptions, ctx: PolicyContext) -> None:
         super().__init__(options, ctx)
         assert isinstance(options, Distreal.Options)
-        self.candidates = front_candidates(options.front, options.useful_only, ctx)
+        if options.anchor_full:
+            self.candidates = anchored_candidates(options.front, options.useful_only, ctx)
+        else:
+            self.candidates = front_candidates(options.front, options.useful_only, ctx)
 
 
 def front_candidates(path: str | None, useful_only: bool, ctx: PolicyContext) -> list[Vector]:
@@ -168,6 +180,41 @@ def front_candidates(path: str | None, useful_only: bool, ctx: PolicyContext) ->
     vecs, proxy = front_vectors(front, useful_only)
     macs = [ctx.costs.step_macs(v, ctx.batch_size) for v in vecs]
     return pareto_candidates(vecs, macs, proxy)
+
+
+def anchored_candidates(path: str | None, useful_only: bool, ctx: PolicyContext
+                        ) -> list[Vector]:
+    """Run-time candidates with the full network anchored: first the front vectors that
+    beat d = 0 by more than their spread (proxy < -spread; best proxy first), then d = 0,
+    then the other front vectors (the useful ones with ``useful_only``; best proxy first);
+    each kept only if cheaper than every candidate before it."""
+    from fleetsim.dse import read_front
+
+    if path is None:
+        raise ValueError("this policy needs a front; fleetsim.build.build provides it")
+    front = read_front(path)
+    check_front_groups(front.groups, ctx, path)
+    spread = front.spread if front.spread is not None else np.zeros(len(front.proxy))
+    keep = useful(front) if useful_only else np.ones(len(front.proxy), bool)
+    full: Vector = (0.0,) * len(ctx.groups)
+    beats, rest = [], []
+    for v, p, sp, k in zip(front.vectors, front.proxy, spread, keep):
+        vec = tuple(float(x) for x in v)
+        if vec == full or not math.isfinite(float(p)):
+            continue
+        if float(p) < -float(sp):
+            beats.append((float(p), vec))
+        elif k:
+            rest.append((float(p), vec))
+    ordered = [v for _, v in sorted(beats)] + [full] + [v for _, v in sorted(rest)]
+    out: list[Vector] = []
+    cheapest = math.inf
+    for vec in ordered:
+        cost = ctx.costs.step_macs(vec, ctx.batch_size)
+        if cost < cheapest:
+            out.append(vec)
+            cheapest = cost
+    return out
 
 
 def front_vectors(front: Front, useful_only: bool) -> tuple[list[Vector], list[float]]:
