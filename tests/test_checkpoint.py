@@ -72,7 +72,7 @@ def _run(sc: Scenario, out: Path, crash_after: int | None = None,
     finally:
         if built.backend is not None:
             built.backend.close()
-    write_run(out, sc, log)
+    write_run(out, sc, log, facts=built.facts)  # as fleetsim run writes it
     checkpoint.remove(out)
     return cp.saved if cp is not None else 0
 
