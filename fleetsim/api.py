@@ -26,7 +26,7 @@ from fleetsim.build import run_scenario, trackers
 from fleetsim.callbacks import Callback
 from fleetsim.config import Scenario
 from fleetsim.engine import RunLog
-from fleetsim.results import ROUND_COLUMNS, STATUS, TIMELINE_COLUMNS, timeline_arrays
+from fleetsim.results import STATUS, TIMELINE_COLUMNS, round_columns, timeline_arrays
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,10 +101,11 @@ def run(scenario: Scenario | str | os.PathLike[str], *, overrides: Sequence[str]
     default_out = Path("runs") / scenario.name / f"seed-{scenario.seed}"  # as `fleetsim run`
     callbacks = [*callbacks, *trackers(scenario, default_out)]
     log = run_scenario(scenario, source, progress, callbacks)
-    rounds = pd.DataFrame([{c: r[c] for c in ROUND_COLUMNS} for r in log.rounds],
-                          columns=list(ROUND_COLUMNS))
+    rcols = round_columns(log.rounds)
+    rounds = pd.DataFrame([{c: r[c] for c in rcols} for r in log.rounds], columns=list(rcols))
     cols = timeline_arrays(log)
-    timeline = pd.DataFrame({c: cols[c] for c in TIMELINE_COLUMNS})
+    timeline = pd.DataFrame({c: cols[c] for c in (*TIMELINE_COLUMNS, "attacker")
+                             if c in cols})
     timeline["status"] = pd.Categorical.from_codes(timeline["status"].astype(int),
                                                    categories=list(STATUS))
     return Result(scenario, rounds, timeline, log)
