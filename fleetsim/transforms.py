@@ -133,8 +133,10 @@ def topk_count(ratio: float, n: int) -> int:
 
 @TRANSFORMS.register("topk")
 class TopK(Transform):
-    """Top-k sparsification with error feedback: sends the k largest |d + e| (ties: the
-    lower index) as values and indices; ``e`` becomes what was not sent."""
+    """Top-k sparsification with error feedback (DGC): the k largest entries of d + e.
+
+    Sent as values and indices (ties: the lower index); ``e`` becomes what was not
+    sent."""
 
     Options = TopKOptions
     compresses = True
@@ -187,8 +189,9 @@ def qsgd(v: Tensor, levels: int, bucket: int, g: torch.Generator) -> Tensor:
 
 @TRANSFORMS.register("qsgd")
 class QSGD(Transform):
-    """Unbiased stochastic quantization to s levels per bucket (QSGD); its own random
-    stream per (round or job, device)."""
+    """Unbiased stochastic quantization to s levels per bucket (QSGD).
+
+    Its own random stream per (round or job, device)."""
 
     Options = QSGDOptions
     compresses = True

@@ -101,8 +101,10 @@ def masked_mean(points: Sequence[Point], names: Sequence[str],
 
 @RULES.register("mean")
 class Mean(Rule):
-    """Masked, sample-weighted mean (FedAvg; the default). As ``server.aggregator`` it is
-    the running-sum :class:`~fleetsim.server.aggregation.Aggregator` itself."""
+    """Masked, sample-weighted mean (FedAvg; the default).
+
+    As ``server.aggregator`` it is the running-sum
+    :class:`~fleetsim.server.aggregation.Aggregator` itself."""
 
     def combine(self, points: Sequence[Point], names: Sequence[str],
                 base: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -118,8 +120,10 @@ def _sorted_trained(v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
 
 @RULES.register("median")
 class Median(Rule):
-    """Coordinate-wise median over the devices that trained each element (the mean of the
-    two middle values for an even count); unweighted (Yin et al., ICML 2018)."""
+    """Coordinate-wise median over the devices that trained each element (Yin et al.).
+
+    The mean of the two middle values for an even count; unweighted (Yin et al., ICML
+    2018)."""
 
     def combine(self, points: Sequence[Point], names: Sequence[str],
                 base: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -141,9 +145,10 @@ class TrimmedMeanOptions(_Opts):
 
 @RULES.register("trimmed_mean")
 class TrimmedMean(Rule):
-    """Coordinate-wise beta-trimmed mean: per element, the floor(beta c) largest and
-    smallest of the c trained values are dropped and the rest averaged, unweighted
-    (Yin et al., ICML 2018)."""
+    """Coordinate-wise beta-trimmed mean over the devices that trained each element.
+
+    Per element, the floor(beta c) largest and smallest of the c trained values are
+    dropped and the rest averaged, unweighted (Yin et al., ICML 2018)."""
 
     Options = TrimmedMeanOptions
 
@@ -191,8 +196,9 @@ def krum_scores(points: Sequence[Point], names: Sequence[str], f: int) -> Tensor
 
 @RULES.register("multi_krum")
 class MultiKrum(Rule):
-    """Multi-Krum: the m updates with the lowest Krum scores (ties: lower device id, i.e.
-    earlier in the order added), averaged as ``mean`` averages (Blanchard et al., 2017)."""
+    """Multi-Krum: the m updates with the lowest Krum scores, averaged as by ``mean``.
+
+    Ties go to the lower device id (earlier in the order added); Blanchard et al., 2017."""
 
     Options = MultiKrumOptions
 
@@ -232,8 +238,9 @@ class NormBoundOptions(_Opts):
 
 @RULES.register("norm_bound")
 class NormBound(Rule):
-    """Norm bounding: each update's parameter change ``d_k`` becomes ``d_k min(1, M /
-    ||d_k||)`` (L2 over all its parameters), then ``mean`` (Sun et al., 2019)."""
+    """Norm bounding: each update's change scaled to an L2 norm <= M, then ``mean``.
+
+    ``d_k min(1, M / ||d_k||)``, the norm over all its parameters (Sun et al., 2019)."""
 
     Options = NormBoundOptions
 
