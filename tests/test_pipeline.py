@@ -176,3 +176,25 @@ def test_async_topk_and_krum_run() -> None:
     log = run_scenario(sc)
     assert all(math.isfinite(r["accuracy"]) for r in log.rounds)
     assert sum(r["completed"] for r in log.rounds) > 0
+
+
+def test_epsilon_counts_only_rounds_that_aggregated() -> None:
+    from fleetsim.server.privacy import GaussianNoise
+    from fleetsim.updates import Update
+    noise = GaussianNoise(GaussianNoise.Options(noise_multiplier=1.3, delta=1e-5))
+    pipe = UpdatePipeline(noise=noise, clip_norm=1.0, sample_rate=0.25)
+    g = {"w": torch.zeros(3)}
+    assert pipe.figures()["epsilon"] == 0.0  # a round where nobody arrived
+    agg = pipe.aggregator("fedavg", g, (), 1)
+    agg.add(Update(0, 1.0, {"w": torch.ones(3)}, {}, 1))
+    agg.result()
+    assert pipe.figures()["epsilon"] == epsilon(1.3, 0.25, 1, 1e-5)
+    agg = pipe.aggregator("fedavg", g, (), 2)  # every update rejected: nothing released
+    assert not agg.add(Update(0, 1.0, {"w": torch.full((3,), math.nan)}, {}, 1))
+    agg.result()
+    figs = pipe.figures()
+    assert figs["epsilon"] == epsilon(1.3, 0.25, 1, 1e-5) and figs["noise_std"] == 0.0
+    agg = pipe.aggregator("fedavg", g, (), 3)
+    agg.add(Update(0, 1.0, {"w": torch.ones(3)}, {}, 1))
+    agg.result()
+    assert pipe.figures()["epsilon"] == epsilon(1.3, 0.25, 2, 1e-5) > epsilon(1.3, 0.25, 1, 1e-5)
