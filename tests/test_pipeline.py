@@ -198,3 +198,18 @@ def test_epsilon_counts_only_rounds_that_aggregated() -> None:
     agg.add(Update(0, 1.0, {"w": torch.ones(3)}, {}, 1))
     agg.result()
     assert pipe.figures()["epsilon"] == epsilon(1.3, 0.25, 2, 1e-5) > epsilon(1.3, 0.25, 1, 1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_residuals_and_streams_give_the_same_bits_on_the_worker_pool(mode: str) -> None:
+    # top-k's residual, QSGD's and the Gaussian attack's streams live in the main process
+    # and are applied in arrival order, so a pool of workers gives the in-process bits
+    sets = ["training.rounds=4", "training.update_transforms=[{name: topk, options: "
+            "{ratio: 0.2}}, {name: qsgd, options: {levels: 4}}]",
+            "fleet.classes.1.attack={name: gaussian, options: {std: 0.01}}",
+            "server.aggregator.name=median", *(ASYNC if mode == "async" else [])]
+    local = run_scenario(scenario(*sets))
+    pool = run_scenario(scenario(*sets, "training.backend=pool", "training.workers=2"))
+    assert local.rounds == pool.rounds
+    a, b = timeline_arrays(local), timeline_arrays(pool)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
