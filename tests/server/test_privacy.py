@@ -36,7 +36,7 @@ def test_noise_std_equal_weights_is_z_s_over_n() -> None:
 
 
 def test_noise_std_follows_the_largest_weight_share() -> None:
-    agg, mean = noisy([1.0, 3.0], z=1.0, clip=1.0)
+    agg, _ = noisy([1.0, 3.0], z=1.0, clip=1.0)
     agg.result()
     assert math.isclose(agg.sigma, 1.0 * 1.0 * 3.0 / 4.0)
 
