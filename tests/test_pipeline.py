@@ -213,3 +213,24 @@ def test_residuals_and_streams_give_the_same_bits_on_the_worker_pool(mode: str) 
     assert local.rounds == pool.rounds
     a, b = timeline_arrays(local), timeline_arrays(pool)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_attacks_clip_and_rules_with_sub_networks(mode: str) -> None:
+    sets = ["policy.name=heterofl", "server.aggregator.name=median",
+            "training.update_transforms=[{name: clip, options: {max_norm: 2.0}}]",
+            "fleet.classes.1.attack={name: sign_flip, options: {scale: 5}}",
+            *(ASYNC if mode == "async" else [])]
+    log = run_scenario(scenario(*sets))
+    assert sum(r["completed"] for r in log.rounds) > 0
+    assert all(math.isfinite(r["accuracy"]) for r in log.rounds)
+    assert timeline_arrays(log)["attacker"].any()
+
+
+def test_dp_noise_with_sub_networks() -> None:
+    log = run_scenario(scenario(
+        "policy.name=heterofl",
+        "training.update_transforms=[{name: clip, options: {max_norm: 1.0}}]",
+        "server.noise={name: gaussian_noise, options: {noise_multiplier: 1.0}}"))
+    assert all(r["noise_std"] > 0 for r in log.rounds if r["completed"])
+    assert log.rounds[-1]["epsilon"] > 0
