@@ -8,8 +8,8 @@ stay those of the attack-free run:
 1. attack-free, ``mean`` (FedAvg), uncompressed -- the reference;
 2. ``phone-b`` flips its updates' signs, scale 5 (``attack: {name: sign_flip, options:
    {scale: 5}}``), under ``mean``, ``median``, ``trimmed_mean`` (trim 0.4: Yin et al. need
-   beta above the attackers' share, and a round of ~9 arrivals has 3 or more attackers in
-   about a third of rounds) and ``multi_krum`` (f 2, m 5);
+   beta above the attackers' share, and a round of 9-10 arrivals has 3 or more attackers
+   in a quarter to a third of rounds) and ``multi_krum`` (f 2, m 5);
 3. attack-free with ``topk`` at 1% and error feedback;
 4. timing only, on a slow-uplink fleet (every uplink 0.02 Mbps): devices that arrive in
    time, uncompressed and with top-k at 1%;
