@@ -35,10 +35,10 @@ from fleetsim.costs import CostModel
 from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
 from fleetsim.nn.slicing import keep_share
+from fleetsim.pipeline import UpdatePipeline
 from fleetsim.policies.base import Assignment, Policy, StepObservation, check_vector
 from fleetsim.rng import LazyStream, stream
-from fleetsim.server.aggregation import AGGREGATORS
-from fleetsim.server.buffered import BufferedAggregator, staleness_weight
+from fleetsim.server.buffered import staleness_weight
 from fleetsim.server.selection import DeviceReport, Selector
 from fleetsim.training import UpdateJob, epoch_samples, epoch_steps
 
@@ -111,6 +111,7 @@ class _Plan:
     latency_s: float
     t_start: float
     down_s: float
+    up_nbytes: int = 0  # the upload's bytes (the update's, after its transforms)
     up_start: float | None = None
     up_s: float = 0.0
     #: per mini-batch (start, end, MACs, kept share); recorded (not None) only if the
@@ -126,6 +127,7 @@ class RunLog:
     timeline: list[DeviceRound] = field(default_factory=list)
     wall_s: float = 0.0
     events: int = 0
+    attackers: np.ndarray | None = None  # per device, whether it attacks (None: nobody)
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class Engine:
     def __init__(self, settings: EngineSettings, fleet: Fleet, costs: CostModel,
                  policy: Policy, selector: Selector, backend: Backend | None,
                  n_samples: np.ndarray, callbacks: Sequence[Callback] = (),
-                 server_opt: Any = None) -> None:
+                 server_opt: Any = None, pipeline: UpdatePipeline | None = None) -> None:
         self.settings = settings
         self.fleet = fleet
         self.costs = costs
@@ -191,8 +193,10 @@ class Engine:
         self.callbacks = tuple(callbacks)
         # applied to every aggregate (None: the aggregate is the new model, FedAvg)
         self.server_opt = server_opt
+        # attacks, update transforms, the aggregation rule, DP noise (default: none of them)
+        self.pipeline = pipeline if pipeline is not None else UpdatePipeline()
         self.env = simpy.Environment()
-        self.log = RunLog()
+        self.log = RunLog(attackers=self.pipeline.attackers)
         self.groups = costs.groups
         self._share_memo: dict[tuple[float, ...], float] = {}
         self.train_spec = policy.train_spec()
@@ -325,6 +329,7 @@ class Engine:
                 last_eval = r
             done = [o for o in outcomes if o.status == "completed"]  # without the rejected
             row = self._row(r, t_start, t_end, outcomes, done, math.nan, math.nan, losses)
+            row.update(self.pipeline.figures())
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
             # Selectors learn from training losses and times, never from the evaluation,
@@ -449,7 +454,8 @@ class Engine:
             "selector": vars(self.selector),
             # the policy's context is built from the scenario; the rest may be its state
             "policy": {k: v for k, v in vars(self.policy).items() if k != "ctx"},
-            "server_opt": None if self.server_opt is None else vars(self.server_opt)}
+            "server_opt": None if self.server_opt is None else vars(self.server_opt),
+            "pipeline": self.pipeline.state()}
         if self.settings.server.mode == "async":
             snap["position"] = {**position,
                                 "async": {k: getattr(self, k) for k in self._ASYNC_STATE}}
@@ -464,6 +470,7 @@ class Engine:
         vars(self.policy).update(snap["policy"])
         if self.server_opt is not None:
             vars(self.server_opt).update(snap["server_opt"])
+        self.pipeline.load_state(snap["pipeline"])
         self._resumed = snap["position"]
 
     def _async_done(self) -> bool:
@@ -561,7 +568,7 @@ class Engine:
         stal = [self._version - o.start_version for o in buf]
         losses: dict[int, float] = {}
         if self.backend is not None:
-            agg = BufferedAggregator(self.state, self.backend.buffer_names)  # type: ignore[arg-type]
+            agg = self.pipeline.buffered(self.state, self.backend.buffer_names)  # type: ignore[arg-type]
             i = 0
             while i < len(buf):  # one backend call per start version, in start order
                 v = buf[i].start_version
@@ -596,6 +603,7 @@ class Engine:
         kept = [s for o, s in zip(buf, stal) if o.status == "completed"]
         row = self._row(r, self._t_last, t, outcomes, done, acc, loss, losses, kept)
         row["selected"] = self._started_since
+        row.update(self.pipeline.figures())
         self.log.rounds.append(row)
         self.log.timeline.extend(sorted(outcomes, key=lambda o: o.round))
         self._ended = []
@@ -655,12 +663,13 @@ class Engine:
         path = fleet.path(d)
         t_off = tr.next_offline(t_start)
         nbytes = costs.model_bytes(a.submodel)
-        down_s, up_s = path.download_s(nbytes), path.upload_s(nbytes)
+        up_nbytes = self.pipeline.upload_bytes(nbytes)
+        down_s, up_s = path.download_s(nbytes), path.upload_s(up_nbytes)
         lat = path.latency_s
 
         # download
         t = t_start + down_s
-        plan = out.plan = _Plan(nbytes, lat, t_start, down_s)
+        plan = out.plan = _Plan(nbytes, lat, t_start, down_s, up_nbytes)
         # recorded from the start: a round can close while the device is still downloading
         work = plan.work = [] if record else None
         end, why = _phase_end(t, t_off, cutoff)
@@ -779,7 +788,7 @@ class Engine:
             return
         # upload
         end, why = _phase_end(t + up_s, t_off, cutoff)
-        out.bytes_up = _sent(nbytes, t, up_s, end, lat)
+        out.bytes_up = _sent(up_nbytes, t, up_s, end, lat)
         out.t_end = end
         plan.up_start, plan.up_s = t, up_s
         if why:
@@ -871,7 +880,7 @@ class Engine:
         assert p is not None and p.work is not None, "cut back without recorded work"
         o.bytes_up = 0
         if p.up_start is not None and p.up_start <= t:  # cut off during its upload
-            o.bytes_up = _sent(p.nbytes, p.up_start, p.up_s, t, p.latency_s)
+            o.bytes_up = _sent(p.up_nbytes, p.up_start, p.up_s, t, p.latency_s)
             return
         if p.t_start + p.down_s > t:  # cut off during its download
             o.bytes_down = _sent(p.nbytes, p.t_start, p.down_s, t, p.latency_s)
@@ -901,8 +910,8 @@ class Engine:
             return {}
         by_id = {o.device: o for o in done}
         jobs = [by_id[d].job for d in sorted(by_id)]
-        agg = AGGREGATORS.get(self.train_spec.aggregator)(
-            self.state, self.backend.buffer_names)  # type: ignore[arg-type]
+        agg = self.pipeline.aggregator(self.train_spec.aggregator, self.state,  # type: ignore[arg-type]
+                                       self.backend.buffer_names, done[0].round)
         losses = {}
         for res in self.backend.train(self.state, jobs):  # type: ignore[arg-type]
             d = res.update.device

@@ -18,7 +18,7 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,17 @@ TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps"
 #: written when the run's facts are known (every run of this version); the class names
 #: are the timeline's attribute ``class_names``
 CLASS_COLUMN = "device_class"
+
+#: columns a run adds when its update pipeline asks for them (docs/pipeline.md):
+#: the privacy accountant's epsilon and the noise's std, and the rounds a robust rule
+#: kept the model for lack of updates; the timeline's ``attacker``
+EXTRA_ROUND_COLUMNS = ("noise_std", "epsilon", "aggregation_skipped")
+
+
+def round_columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The rounds table's columns: the fixed ones, then the pipeline's that ``rows`` has."""
+    extra = tuple(c for c in EXTRA_ROUND_COLUMNS if rows and c in rows[0])
+    return ROUND_COLUMNS + extra
 
 
 #: The files a run writes into its folder; a new run replaces exactly these (and their
@@ -148,13 +159,15 @@ def timeline_arrays(log: RunLog, facts: RunFacts | None = None) -> dict[str, np.
         "bytes_up": np.fromiter((o.bytes_up for o in tl), np.int64, len(tl)),
         "start_version": np.fromiter((o.start_version for o in tl), np.int64, len(tl)),
     }
+    if log.attackers is not None:
+        out["attacker"] = np.fromiter((log.attackers[o.device] for o in tl), np.bool_, len(tl))
     if facts is not None:
         out[CLASS_COLUMN] = np.asarray(facts.class_of, np.int16)[out["device"]]
     return out
 
 
 def rounds_arrays(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {c: np.array([r[c] for r in rows]) for c in ROUND_COLUMNS}
+    return {c: np.array([r[c] for r in rows]) for c in round_columns(rows)}
 
 
 def write_run(out_dir: str | os.PathLike[str], sc: Scenario, log: RunLog,
@@ -208,9 +221,11 @@ def _write_into(out: Path, sc: Scenario, log: RunLog, extra: dict[str, Any] | No
 def write_rounds_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(ROUND_COLUMNS)
+    rows = list(rows)
+    cols = round_columns(rows)
+    w.writerow(cols)
     for r in rows:
-        w.writerow([_fmt(r[c]) for c in ROUND_COLUMNS])
+        w.writerow([_fmt(r[c]) for c in cols])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
