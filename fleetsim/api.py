@@ -31,9 +31,9 @@ from fleetsim.guardrails import run_warnings
 from fleetsim.per_class import PER_CLASS_COLUMNS, per_class_rows
 from fleetsim.results import (
     CLASS_COLUMN,
-    ROUND_COLUMNS,
     STATUS,
     TIMELINE_COLUMNS,
+    round_columns,
     timeline_arrays,
 )
 
@@ -205,10 +205,11 @@ def run(scenario: Scenario | str | os.PathLike[str], *, overrides: Sequence[str]
     callbacks = [*callbacks, *trackers(scenario, default_out)]
     done = run_outcome(scenario, source, progress, callbacks, keep_model=True)
     log, facts = done.log, done.facts
-    rounds = pd.DataFrame([{c: r[c] for c in ROUND_COLUMNS} for r in log.rounds],
-                          columns=list(ROUND_COLUMNS))
+    rcols = round_columns(log.rounds)
+    rounds = pd.DataFrame([{c: r[c] for c in rcols} for r in log.rounds], columns=list(rcols))
     cols = timeline_arrays(log, facts)
-    timeline = pd.DataFrame({c: cols[c] for c in TIMELINE_COLUMNS})
+    timeline = pd.DataFrame({c: cols[c] for c in (*TIMELINE_COLUMNS, "attacker")
+                             if c in cols})
     timeline["status"] = pd.Categorical.from_codes(timeline["status"].astype(int),
                                                    categories=list(STATUS))
     timeline[CLASS_COLUMN] = pd.Categorical.from_codes(cols[CLASS_COLUMN].astype(int),

@@ -11,6 +11,7 @@ the batch layer, the Python API) calls it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from fleetsim.attacks import ATTACKS
 from fleetsim.backends import Backend, BackendSettings, make_backend
+from fleetsim.build_pipeline import (
+    check_pipeline,
+    label_flippers,
+    pipeline_components,
+    update_pipeline,
+)
 from fleetsim.callbacks import Callback, ProgressBar
 from fleetsim.costs import CostModel
 from fleetsim.dse import DSEJob
@@ -34,8 +42,11 @@ from fleetsim.policies import POLICIES, PolicyContext
 from fleetsim.registry import Registry
 from fleetsim.rng import stream
 from fleetsim.scenario import Scenario, parse_overrides, read_scenario
+from fleetsim.server.privacy import NOISES
+from fleetsim.server.robust import RULES
 from fleetsim.server.selection import SELECTORS, FleetView
 from fleetsim.training import TrainerSettings, build_data_sizes
+from fleetsim.transforms import TRANSFORMS
 
 # ----------------------------------------------------------------------------- validation
 
@@ -61,6 +72,7 @@ def load_scenario(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     load_plugins(sc.plugins, source)
     _check_component_numbers(sc, source, keys)
     validate_components(sc, source, keys)
+    check_pipeline(sc, source)
     out = with_method_defaults(sc)
     out._loaded = out.digest()
     return out
@@ -109,7 +121,9 @@ def registries() -> dict[str, Registry[Any]]:
 
     return {"dataset": DATASETS, "partitioner": PARTITIONERS, "model": MODELS,
             "policy": POLICIES, "selector": SELECTORS, "trace generator": GENERATORS,
-            "topology": TOPOLOGIES, "bandwidth generator": BANDWIDTH_GENERATORS}
+            "topology": TOPOLOGIES, "bandwidth generator": BANDWIDTH_GENERATORS,
+            "aggregator": RULES, "update transform": TRANSFORMS, "noise": NOISES,
+            "attack": ATTACKS}
 
 
 def check_options(options_cls: type[BaseModel], raw: dict[str, Any], source: str,
@@ -163,6 +177,8 @@ def validate_components(sc: Any, source: str, overrides: Sequence[str] = ()) -> 
         if tc.file is None:
             one("trace generator", tc.generator, tc.options, f"{key}.generator",
                 f"{key}.options")
+    for kind, name, options, key, opt_key in pipeline_components(sc):
+        one(kind, name, options, key, opt_key)
     for key, g in _bandwidth_generators(sc):
         one("bandwidth generator", g.generator, g.options, f"{key}.generator",
             f"{key}.options")
@@ -209,6 +225,8 @@ def _check_component_numbers(sc: Scenario, source: str, overrides: Sequence[str]
               for key, tc in traces if tc.file is None and tc.generator is not None]
     parts += [("bandwidth generator", g.generator, g.options, f"{key}.options")
               for key, g in _bandwidth_generators(sc)]
+    parts += [(kind, name, options, opt_key)
+              for kind, name, options, _, opt_key in pipeline_components(sc)]
     for kind, name, options, key in parts:
         if name not in regs[kind]:
             continue
@@ -473,7 +491,11 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
     backend: Backend | None = None
     try:
         if sc.training.mode == "full":
-            backend = make_backend(trainer_settings(sc), backend_settings(sc))
+            settings = trainer_settings(sc)
+            flip = label_flippers(sc, fleet.class_of)
+            if flip:  # label-flipping attackers (only then: the settings stay as before)
+                settings = dataclasses.replace(settings, label_flip=flip)
+            backend = make_backend(settings, backend_settings(sc))
             model = backend.trainer.model
             n_samples = backend.trainer.partition.sizes()
         else:
@@ -528,7 +550,8 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
 
         server_opt = make_server_optimizer(sc.server.optimizer, backend.buffer_names)
     engine = Engine(engine_settings(sc), fleet, costs, policy, selector, backend,
-                    np.asarray(n_samples), cbs, server_opt)
+                    np.asarray(n_samples), cbs, server_opt,
+                    update_pipeline(sc, np.asarray(fleet.class_of)))
     facts = RunFacts(tuple(c.name for c in fleet.classes), np.asarray(fleet.class_of),
                      np.asarray(n_samples), sc.training.batch_size,
                      trains=sc.training.mode == "full")

@@ -175,6 +175,12 @@ class EnergyConfig(Section):
         return self
 
 
+class AttackConfig(Section):
+    name: str = Field(description="how the devices of this class attack: sign_flip | "
+                      "gaussian | label_flip (see docs/pipeline.md)")
+    options: dict[str, Any] = _opts()
+
+
 class DeviceClassConfig(Section):
     name: str = Field(description="class label, e.g. 'phone-high'")
     share: float = Field(gt=0, le=1, description="share of the fleet in this class")
@@ -193,6 +199,9 @@ class DeviceClassConfig(Section):
                                               "downlink_mbps)")
     energy: EnergyConfig | None = Field(None, description="energy and battery (null: no "
                                         "energy model)")
+    attack: AttackConfig | None = Field(None, description="the devices of this class are "
+                                        "adversaries and send this attack instead of honest "
+                                        "updates (null: honest; see docs/pipeline.md)")
 
 
 def _default_classes() -> tuple[DeviceClassConfig, ...]:
@@ -275,6 +284,12 @@ class OptimizerConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class TransformConfig(Section):
+    name: str = Field(description="device-side update transform: clip | topk | qsgd (see "
+                      "docs/pipeline.md)")
+    options: dict[str, Any] = _opts()
+
+
 class TrainingConfig(Section):
     mode: Literal["full", "timing"] = Field("full", description="full: real PyTorch "
                                            "training; timing: the same schedule, no training")
@@ -313,6 +328,10 @@ class TrainingConfig(Section):
                           "(fleetsim.batched; batch norm with per-device statistics; equal to the "
                           "one-by-one path to float rounding, not bit for bit)")
     server_time_s: float = Field(0.0, ge=0, description="simulated aggregation time per round")
+    update_transforms: tuple[TransformConfig, ...] = Field(
+        (), description="chain applied on each device to its update (the change from the "
+        "model it started from) before upload, in this order: clip, topk (error feedback), "
+        "qsgd; the bytes uploaded are those of the result (see docs/pipeline.md)")
     idle_wait_s: float = Field(60.0, gt=0, description="how long the server waits before "
                                "retrying when no device is online")
 
@@ -388,6 +407,19 @@ class ServerOptimizerConfig(Section):
         return self
 
 
+class AggregatorConfig(Section):
+    name: str = Field("mean", description="server aggregation rule: mean (masked weighted "
+                      "FedAvg) | median | trimmed_mean | krum | multi_krum | norm_bound (see "
+                      "docs/pipeline.md)")
+    options: dict[str, Any] = _opts()
+
+
+class NoiseConfig(Section):
+    name: str = Field("gaussian_noise", description="server-side noise on the aggregate "
+                      "(DP-FedAvg): gaussian_noise")
+    options: dict[str, Any] = _opts()
+
+
 class ServerConfig(Section):
     mode: Literal["sync", "async"] = Field("sync", description="sync: rounds (the training "
                                            "section's K, deadline, stragglers); async: "
@@ -404,6 +436,10 @@ class ServerConfig(Section):
         "al., Alg. 1: x = (1 - a_t) x + a_t x_k, a_t = lr * w(s); buffer_size 1, "
         "optimizer sgd, lr <= 1); auto: fedasync when buffer_size is 1, else fedbuff")
     optimizer: ServerOptimizerConfig = Field(default_factory=ServerOptimizerConfig)
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    noise: NoiseConfig | None = Field(None, description="DP-FedAvg's Gaussian noise on the "
+                                      "aggregate, with the privacy accountant's epsilon per "
+                                      "round in rounds.csv (null: none)")
 
 
 class CostsConfig(Section):

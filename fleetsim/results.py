@@ -18,7 +18,7 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,11 @@ TIMELINE_COLUMNS = ("device", "round", "t_start_s", "t_end_s", "status", "steps"
 #: written when the run's facts are known (every run of this version); the class names
 #: are the timeline's attribute ``class_names``
 CLASS_COLUMN = "device_class"
+
+#: columns a run adds when its update pipeline asks for them (docs/pipeline.md):
+#: the privacy accountant's epsilon and the noise's std, and the rounds a robust rule
+#: kept the model for lack of updates; the timeline's ``attacker``
+EXTRA_ROUND_COLUMNS = ("noise_std", "epsilon", "aggregation_skipped")
 
 
 #: The files a run writes into its folder; a new run replaces exactly these (and their
@@ -152,15 +157,19 @@ def timeline_arrays(log: RunLog, facts: RunFacts | None = None) -> dict[str, np.
         **{c: np.fromiter((getattr(o, c) for o in tl), np.float64, len(tl))
            for w in sorted(log.world) for c in WORLD_TIMELINE_COLUMNS.get(w, ())},
     }
+    if log.attackers is not None:
+        out["attacker"] = np.fromiter((log.attackers[o.device] for o in tl), np.bool_, len(tl))
     if facts is not None:
         out[CLASS_COLUMN] = np.asarray(facts.class_of, np.int16)[out["device"]]
     return out
 
 
-def round_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """:data:`ROUND_COLUMNS`, then the world models' columns the rows have."""
-    extra = [c for cols in WORLD_ROUND_COLUMNS.values() for c in cols
-             if rows and c in rows[0]]
+def round_columns(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`ROUND_COLUMNS`, then the update pipeline's and the world models' columns
+    that ``rows`` has."""
+    extra = [c for c in EXTRA_ROUND_COLUMNS if rows and c in rows[0]]
+    extra += [c for cols in WORLD_ROUND_COLUMNS.values() for c in cols
+              if rows and c in rows[0]]
     return (*ROUND_COLUMNS, *extra)
 
 

@@ -88,6 +88,8 @@ class TrainerSettings:
     device : where the model and data live while training: cpu, cuda or auto (cuda if
         available); states handed out (updates, initial state) are always on the CPU
     eval_split : what :meth:`Trainer.evaluate` measures: test or validation
+    label_flip : devices that attack by training on flipped labels ``C - 1 - y``
+        (:mod:`fleetsim.attacks`)
     """
 
     seed: int
@@ -101,6 +103,7 @@ class TrainerSettings:
     plugins: tuple[str, ...] = ()
     device: str = "cpu"
     eval_split: str = "test"
+    label_flip: frozenset[int] = frozenset()
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -315,6 +318,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         x_all, y_all, _, _ = self.device_data()
         on_cpu = self.device.type == "cpu"
+        flip = job.device in self.settings.label_flip
+        last_class = self.data.num_classes - 1
         for j, idx in enumerate(batches):
             if job.reselect == "round":
                 keep = round_keep
@@ -328,6 +333,8 @@ class Trainer:
                 g: i.to(self.device) for g, i in keep.items()}
             ti = torch.from_numpy(idx).to(self.device)
             x, y = x_all[ti], y_all[ti]
+            if flip:  # a label-flipping attacker (fleetsim.attacks)
+                y = last_class - y
             # the sub-network's parameters as leaves of its own size (see DroppableNet.forward)
             leaves: dict[str, Tensor] = {}
             out = model(x, dkeep, leaves=leaves)

@@ -83,6 +83,11 @@ CASES = {
     "sync-tifl": ["selector.name=tifl"],
     "sync-time-budget": ["training.rounds=null", "training.time_budget_s=400"],
     "sync-timing-only": ["training.mode=timing"],
+    # top-k's residuals and the privacy accountant's rounds cross rounds
+    "sync-topk-dp": ["training.update_transforms=[{name: topk, options: {ratio: 0.05}}, "
+                     "{name: clip, options: {max_norm: 1.0}}]",
+                     "server.noise={name: gaussian_noise, options: {noise_multiplier: 0.5, "
+                     "delta: 1.0e-5}}"],
     "async-oort-yogi": ["server.mode=async", "server.concurrency=5", "server.buffer_size=3",
                         "selector.name=oort", "server.optimizer.name=yogi",
                         "server.optimizer.lr=0.01"],

@@ -25,7 +25,7 @@ from fleetsim.engine.rows import INF, DeviceRound, round_row
 from fleetsim.engine.server import OnlineAt, Server
 from fleetsim.errors import UserError
 from fleetsim.rng import LazyStream, stream
-from fleetsim.server.buffered import BufferedAggregator, staleness_weight
+from fleetsim.server.buffered import staleness_weight
 
 # A device's second job from one model version gets streams of its own, keyed
 # version + repeat * this (version alone for the first, as in synchronous rounds).
@@ -83,6 +83,15 @@ class AsyncServer(Server):
         fedasync = srv.rule == "fedasync" or (srv.rule == "auto" and srv.buffer_size == 1)
         if not fedasync:
             return
+        pipe = self.pipeline
+        if pipe.rule is not None or pipe.chain is not None or pipe.device_side:
+            raise UserError(
+                f"{cfg.name}: at 'server.rule': FedAsync's rule mixes each arrival with the "
+                "current model, and the update pipeline (server.aggregator other than "
+                "'mean', training.update_transforms, or an attacking class) acts on a "
+                "device's change from its own start version, so the two are not defined "
+                "together. Allowed: server.rule 'fedbuff' (or 'auto' with buffer_size "
+                "above 1) with the pipeline, or FedAsync without it; see docs/async.md.")
         opt = srv.optimizer
         why = []
         if srv.buffer_size != 1:
@@ -251,7 +260,7 @@ class AsyncServer(Server):
         stal = [self._version - o.start_version for o in buf]
         losses: dict[int, float] = {}
         if self.backend is not None:
-            agg = BufferedAggregator(self.state, self.backend.buffer_names)  # type: ignore[arg-type]
+            agg = self.pipeline.buffered(self.state, self.backend.buffer_names)  # type: ignore[arg-type]
             i = 0
             while i < len(buf):  # one backend call per start version, in start order
                 v = buf[i].start_version
@@ -291,6 +300,7 @@ class AsyncServer(Server):
         row = round_row(r, self._t_last, t, outcomes, done, losses, kept,
                         selected=self._started_since, acc=acc, loss=loss,
                         world=self.log.world)
+        row.update(self.pipeline.figures())
         self.log.rounds.append(row)
         self.log.timeline.extend(sorted(outcomes, key=lambda o: o.round))
         self._ended = []

@@ -27,6 +27,7 @@ from fleetsim.engine.sync import SyncServer
 from fleetsim.engine.timing import DeviceTimer
 from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
+from fleetsim.pipeline import UpdatePipeline
 from fleetsim.policies.base import Policy
 from fleetsim.server.selection import Selector
 
@@ -46,12 +47,13 @@ class Engine:
     callbacks : told of every finished round and of the run's end (progress bar,
         trackers, the results writer, users' own code)
     server_opt : the server optimizer applied to every aggregate (None: FedAvg)
+    pipeline : attacks, update transforms, the aggregation rule and DP noise (None: none)
     """
 
     def __init__(self, settings: EngineSettings, fleet: Fleet, costs: CostModel,
                  policy: Policy, selector: Selector, backend: Backend | None,
                  n_samples: np.ndarray, callbacks: Sequence[Callback] = (),
-                 server_opt: Any = None) -> None:
+                 server_opt: Any = None, pipeline: UpdatePipeline | None = None) -> None:
         self.settings = settings
         self.fleet = fleet
         self.costs = costs
@@ -61,8 +63,12 @@ class Engine:
         self.callbacks = tuple(callbacks)
         self.server_opt = server_opt
         self.env = simpy.Environment()
-        self.log = RunLog()
-        self.timer = DeviceTimer(settings, fleet, costs, policy, n_samples)
+        # attacks, update transforms, the aggregation rule, DP noise (default: none of them)
+        self.pipeline = pipeline if pipeline is not None else UpdatePipeline()
+        self.log = RunLog(attackers=self.pipeline.attackers)
+        # only transforms change an upload's bytes (else the timer's path is untouched)
+        self.timer = DeviceTimer(settings, fleet, costs, policy, n_samples,
+                                 self.pipeline.upload_bytes if self.pipeline.chain else None)
         self.train_spec = self.timer.train_spec
         self.log.world = frozenset(
             {"bandwidth"} if self.timer.bandwidth else set()) | frozenset(
@@ -70,7 +76,7 @@ class Engine:
             {"sharing"} if fleet.sharing else set())
         self.server = SERVERS[settings.server.mode](
             settings, self.env, self.timer, fleet, policy, selector, backend, n_samples,
-            self.callbacks, server_opt, self.log)
+            self.callbacks, server_opt, self.log, self.pipeline)
 
     @property
     def backend(self) -> Backend | None:

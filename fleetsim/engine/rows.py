@@ -35,6 +35,12 @@ class Plan:
     #: the download's and upload's bandwidth traces (None: constant rates)
     down_tr: Any = None
     up_tr: Any = None
+    #: the upload's bytes (the update's, after the pipeline's transforms; -1: nbytes)
+    up_nbytes: int = -1
+
+    def __post_init__(self) -> None:
+        if self.up_nbytes < 0:
+            self.up_nbytes = self.nbytes
 
 
 @dataclass(slots=True)  # slots: a long run keeps one per selected device per round
@@ -157,3 +163,4 @@ class RunLog:
     wall_s: float = 0.0
     events: int = 0
     world: frozenset[str] = frozenset()
+    attackers: np.ndarray | None = None  # per device, whether it attacks (None: nobody)

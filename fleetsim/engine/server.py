@@ -20,6 +20,7 @@ from fleetsim.engine.shared import SharedLinks
 from fleetsim.engine.timing import DeviceTimer, one_per_class
 from fleetsim.errors import UserError
 from fleetsim.fleet import Fleet
+from fleetsim.pipeline import UpdatePipeline
 from fleetsim.policies.base import Policy
 from fleetsim.server.selection import DeviceReport, Selector
 
@@ -66,12 +67,13 @@ class Server:
     timer : times each device's round
     fleet, policy, selector, backend, n_samples, callbacks, server_opt : the parts
     log : where rows go
+    pipeline : the update pipeline (attacks, transforms, aggregation rule, noise)
     """
 
     def __init__(self, settings: EngineSettings, env: simpy.Environment, timer: DeviceTimer,
                  fleet: Fleet, policy: Policy, selector: Selector, backend: Backend | None,
                  n_samples: np.ndarray, callbacks: Sequence[Callback], server_opt: Any,
-                 log: RunLog) -> None:
+                 log: RunLog, pipeline: UpdatePipeline | None = None) -> None:
         self.settings = settings
         self.env = env
         self.timer = timer
@@ -83,6 +85,8 @@ class Server:
         self.callbacks = callbacks
         # applied to every aggregate (None: the aggregate is the new model, FedAvg)
         self.server_opt = server_opt
+        # attacks, update transforms, the aggregation rule, DP noise (default: none of them)
+        self.pipeline = pipeline if pipeline is not None else UpdatePipeline()
         self.log = log
         self.train_spec = timer.train_spec
         # A selector that keeps the base feedback() learns nothing (random): a frozen
@@ -148,7 +152,8 @@ class Server:
             # the policy's context is built from the scenario; the rest may be its state
             "policy": {k: v for k, v in vars(self.policy).items() if k != "ctx"},
             "server_opt": None if self.server_opt is None else vars(self.server_opt),
-            "batteries": None if self.power is None else self.power.states}
+            "batteries": None if self.power is None else self.power.states,
+            "pipeline": self.pipeline.state()}
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Go on from ``snap`` (what :meth:`snapshot` gave) when the process starts (the
@@ -161,6 +166,7 @@ class Server:
             vars(self.server_opt).update(snap["server_opt"])
         if self.power is not None:
             self.power.states = snap["batteries"]
+        self.pipeline.load_state(snap["pipeline"])
         for k, v in snap["position"]["server"].items():
             setattr(self, k, v)
         self.resumed = snap["position"]

@@ -149,7 +149,7 @@ class SharedLinks:
 
 def device_round(env: simpy.Environment, links: SharedLinks, timer: DeviceTimer,
                  out: DeviceRound, a: Any, cutoff: float, deadline_s: float | None,
-                 nbytes: int) -> Generator[simpy.events.Event, Any, None]:
+                 nbytes: int, up_nbytes: int) -> Generator[simpy.events.Event, Any, None]:
     """One device's round over shared links (a SimPy process): download, training (the
     timer's exact steps), upload; going offline or the cutoff stops it at that instant."""
     fleet = timer.fleet
@@ -168,7 +168,7 @@ def device_round(env: simpy.Environment, links: SharedLinks, timer: DeviceTimer,
         yield env.timeout(max(out.t_end - env.now, 0.0))
         return
     t_up = out.t_end  # the upload starts then (the network process starts it)
-    end, moved, ok = yield from _transfer(env, links, "up", d, t_up, lat, nbytes, t_off,
+    end, moved, ok = yield from _transfer(env, links, "up", d, t_up, lat, up_nbytes, t_off,
                                           cutoff)
     assert out.plan is not None
     out.plan.up_s = end - t_up

@@ -21,7 +21,6 @@ from fleetsim.engine.server import OnlineAt, Server
 from fleetsim.engine.shared import device_round
 from fleetsim.errors import UserError
 from fleetsim.rng import stream
-from fleetsim.server.aggregation import AGGREGATORS
 
 
 class SyncServer(Server):
@@ -56,9 +55,10 @@ class SyncServer(Server):
                 out = DeviceRound(d, r, t_start, start_version=r)
                 if self.links is not None:  # devices interact: a process each
                     a = timer.checked(a)
+                    nbytes = self.timer.costs.model_bytes(a.submodel)
                     procs.append(env.process(device_round(
-                        env, self.links, timer, out, a, cutoff, deadline_s,
-                        self.timer.costs.model_bytes(a.submodel))))
+                        env, self.links, timer, out, a, cutoff, deadline_s, nbytes,
+                        nbytes if timer.upload_bytes is None else timer.upload_bytes(nbytes))))
                 else:
                     timer.schedule(out, timer.checked(a), cutoff, deadline_s,
                                    record=plan.keep < plan.select)
@@ -93,6 +93,7 @@ class SyncServer(Server):
             row = round_row(r, t_start, t_end, outcomes, done, losses,
                             world=self.log.world, link_busy_s=(
                                 self.links.busy_s() - busy0 if self.links else 0.0))
+            row.update(self.pipeline.figures())
             self.log.rounds.append(row)
             self.log.timeline.extend(outcomes)
             # Selectors learn from training losses and times, never from the evaluation,
@@ -178,8 +179,8 @@ class SyncServer(Server):
             return {}
         by_id = {o.device: o for o in done}
         jobs = [by_id[d].job for d in sorted(by_id)]
-        agg = AGGREGATORS.get(self.train_spec.aggregator)(
-            self.state, self.backend.buffer_names)  # type: ignore[arg-type]
+        agg = self.pipeline.aggregator(self.train_spec.aggregator, self.state,  # type: ignore[arg-type]
+                                       self.backend.buffer_names, done[0].round)
         losses = {}
         for res in self.backend.train(self.state, jobs):  # type: ignore[arg-type]
             d = res.update.device

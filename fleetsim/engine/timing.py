@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,11 +50,16 @@ class DeviceTimer:
     settings : the run's rules (seed, local work, policy name)
     fleet, costs, policy : the parts
     n_samples : training samples per device
+    upload_bytes : bytes on the wire of an upload of a model of n bytes (None: n)
     """
 
     def __init__(self, settings: EngineSettings, fleet: Fleet, costs: CostModel,
-                 policy: Policy, n_samples: np.ndarray) -> None:
+                 policy: Policy, n_samples: np.ndarray,
+                 upload_bytes: Callable[[int], int] | None = None) -> None:
         self.settings = settings
+        #: bytes of the upload of a model of n bytes (the update pipeline's transforms:
+        #: top-k, QSGD); None: the model's own bytes
+        self.upload_bytes = upload_bytes
         self.fleet = fleet
         self.costs = costs
         self.policy = policy
@@ -127,12 +133,13 @@ class DeviceTimer:
         if t_off_cap < t_off:  # its battery reaches its floor then
             t_off = t_off_cap
         nbytes = costs.model_bytes(a.submodel)
+        up_nbytes = nbytes if self.upload_bytes is None else self.upload_bytes(nbytes)
         lat = path.latency_s
         bw = fleet.bandwidth(d) if self.bandwidth else None
         # (shared links: the download's duration comes from the network, and the device
         # stops before its upload, which the network carries: engine.shared)
         if bw is None:  # constant rates: the same expressions, the same bits, as ever
-            down_s, up_s = path.download_s(nbytes), path.upload_s(nbytes)
+            down_s, up_s = path.download_s(nbytes), path.upload_s(up_nbytes)
             up_tr = down_tr = None
         else:
             # rates that vary over time: a transfer's bytes are the exact integral of its
@@ -140,13 +147,14 @@ class DeviceTimer:
             # (up_s below is for a start at t; up_at gives it at any other start)
             down_tr, up_tr = self._capped(d, bw)
             down_s = down_tr.transfer_s(t_start, nbytes, lat)
-            up_s = up_tr.transfer_s(t_start, nbytes, lat)
+            up_s = up_tr.transfer_s(t_start, up_nbytes, lat)
 
         # download
         if down_s_given is not None:
             down_s = down_s_given
         t = t_start + down_s
-        plan = out.plan = Plan(nbytes, lat, t_start, down_s, down_tr=down_tr, up_tr=up_tr)
+        plan = out.plan = Plan(nbytes, lat, t_start, down_s, down_tr=down_tr, up_tr=up_tr,
+                               up_nbytes=up_nbytes)
         if self.bandwidth:
             out.down_s = down_s
         # recorded from the start: a round can close while the device is still downloading
@@ -196,7 +204,7 @@ class DeviceTimer:
                 macs = m_short if done == short_at else m_full
                 t_next = finish(t, macs / peak)
                 if partial and t_next + (up_s if up_tr is None else up_tr.transfer_s(
-                        t_next, nbytes, lat)) > deadline_abs:
+                        t_next, up_nbytes, lat)) > deadline_abs:
                     vec = fixed
                     break  # partial work: send what is done when time is up
                 if t_next > t_off or t_next > cutoff or t_next == INF:
@@ -232,7 +240,7 @@ class DeviceTimer:
                         "Allowed: a policy whose decide() returns STOP, a deadline_s, or "
                         "policy.options.stragglers other than 'wait'.")
                 if up_tr is not None:
-                    up_s = up_tr.transfer_s(t, nbytes, lat)
+                    up_s = up_tr.transfer_s(t, up_nbytes, lat)
                 vec = self.policy.decide(StepObservation(
                     d, cls, out.round, step, t, tr.availability_at(t),
                     deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, vec)).vector
@@ -242,7 +250,7 @@ class DeviceTimer:
                 macs = costs.step_macs(vec, batch if step != short_at else short_b)
                 t_next = tr.finish_time(t, macs / peak)
                 if a.partial and t_next + (up_s if up_tr is None else up_tr.transfer_s(
-                        t_next, nbytes, lat)) > deadline_abs:
+                        t_next, up_nbytes, lat)) > deadline_abs:
                     break  # partial work: send what is done when time is up
                 share = self.share(vec)
                 if t_next > t_off or t_next > cutoff or t_next == INF:
@@ -266,7 +274,7 @@ class DeviceTimer:
                                        batch if short_at != 0 else short_b)
                 t_next = tr.finish_time(t, macs / peak)
             if up_tr is not None:
-                up_s = up_tr.transfer_s(t_next, nbytes, lat)
+                up_s = up_tr.transfer_s(t_next, up_nbytes, lat)
             out.need_s = t_next + up_s - t_start
             end, why = phase_end(t + lat, t_off, cutoff)
             out.t_end, out.status = end, why or "too_slow"
@@ -279,10 +287,10 @@ class DeviceTimer:
                                 a.reselect, a.offset, self.train_spec.prox_mu, a.samples)
             return
         if up_tr is not None:
-            up_s = up_tr.transfer_s(t, nbytes, lat)
+            up_s = up_tr.transfer_s(t, up_nbytes, lat)
             out.up_s = up_s
         end, why = phase_end(t + up_s, t_off, cutoff)
-        out.bytes_up = moved(nbytes, t, up_s, end, lat, up_tr)
+        out.bytes_up = moved(up_nbytes, t, up_s, end, lat, up_tr)
         out.t_end = end
         plan.up_start, plan.up_s = t, up_s
         if why:
@@ -328,7 +336,7 @@ class DeviceTimer:
         assert p is not None and p.work is not None, "cut back without recorded work"
         o.bytes_up = 0
         if p.up_start is not None and p.up_start <= t:  # cut off during its upload
-            o.bytes_up = moved(p.nbytes, p.up_start, p.up_s, t, p.latency_s, p.up_tr)
+            o.bytes_up = moved(p.up_nbytes, p.up_start, p.up_s, t, p.latency_s, p.up_tr)
             return
         if p.t_start + p.down_s > t:  # cut off during its download
             o.bytes_down = moved(p.nbytes, p.t_start, p.down_s, t, p.latency_s, p.down_tr)
