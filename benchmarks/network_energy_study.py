@@ -3,10 +3,9 @@
 Runs scenarios/network-energy.yaml, schedule only (training.mode=timing), in three worlds
 -- private links and no energy; uploads sharing one 20 Mbit/s cell (no energy);
 batteries without charging (private links) -- for FedAvg, FedProx, FjORD (and DISTREAL
-with --policies), 20 clients
-a round, a 4x wider CNN whose updates are sent with 64 bytes per parameter (16x fp32:
-updates of ~6 MB, the size of a ~1.5M-parameter model), so the cell is busy. Prints a
-table and writes the figure.
+with --policies), 20 clients a round, a 4x wider CNN whose updates are sent with 64 bytes
+per parameter (16x fp32: updates of ~6 MB, the size of a ~1.5M-parameter model), so the
+cell is busy. Prints a table and writes the figure.
 
     python benchmarks/network_energy_study.py --out /tmp/ne-study \\
         --figure docs/figures/network-energy.png --policies fedavg,fedprox,fjord,distreal
