@@ -2,13 +2,13 @@
 
 Runs scenarios/network-energy.yaml, schedule only (training.mode=timing), in three worlds
 -- private links and no energy; uploads sharing one 20 Mbit/s cell (no energy);
-batteries without charging (private links) -- for FedAvg, FedProx and FjORD, 20 clients
-a round, a 4x wider CNN whose updates are sent with 64 bytes per parameter (16x fp32:
-updates of ~6 MB, the size of a ~1.5M-parameter model), so the cell is busy. Prints a
-table and writes the figure.
+batteries without charging (private links) -- for FedAvg, FedProx, FjORD (and DISTREAL
+with --policies), 20 clients a round, a 4x wider CNN whose updates are sent with 64 bytes
+per parameter (16x fp32: updates of ~6 MB, the size of a ~1.5M-parameter model), so the
+cell is busy. Prints a table and writes the figure.
 
     python benchmarks/network_energy_study.py --out /tmp/ne-study \\
-        --figure docs/figures/network-energy.png
+        --figure docs/figures/network-energy.png --policies fedavg,fedprox,fjord,distreal
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for the runs")
     ap.add_argument("--figure", help="write the figure here")
+    ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated "
+                    f"(default {','.join(POLICIES)}; distreal first computes its DSE front)")
     a = ap.parse_args()
+    policies = a.policies.split(",")
     rows = []
     for world, extra in WORLDS.items():
-        for pol in POLICIES:
+        for pol in policies:
             out = Path(a.out) / f"{world}-{pol}"
             subprocess.run([sys.executable, "-m", "fleetsim.cli", "run",
                             str(ROOT / "scenarios" / "network-energy.yaml"), *COMMON, *extra,
@@ -61,10 +64,10 @@ def main() -> None:
     df = pd.DataFrame(rows)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     if a.figure:
-        figure(df, a.figure)
+        figure(df, a.figure, policies)
 
 
-def figure(d: pd.DataFrame, path: str) -> None:
+def figure(d: pd.DataFrame, path: str, policies: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,16 +75,16 @@ def figure(d: pd.DataFrame, path: str) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
-    x, w = np.arange(len(POLICIES)), 0.27
+    x, w = np.arange(len(policies)), 0.27
     for i, world in enumerate(WORLDS):
-        s = d[d.world == world].set_index("policy").loc[POLICIES]
+        s = d[d.world == world].set_index("policy").loc[policies]
         ax[0].bar(x + (i - 1) * w, s.completed, w, label=LABELS[world])
         ax[1].bar(x + (i - 1) * w, s.span_s / 60, w)
         ax[2].bar(x + (i - 1) * w, s.late + s.dropped, w)
     for a, t in zip(ax, ["updates aggregated (30 rounds x 20)",
                          "simulated time of 30 rounds (min)",
                          "device-rounds lost (late + dropped)"]):
-        a.set_xticks(x, POLICIES)
+        a.set_xticks(x, policies)
         a.set_title(t, fontsize=10)
     ax[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -64,6 +64,11 @@ def test_n_equal_uploads_over_one_shared_link_end_at_n_s_over_c(tmp_path: Path,
     s = log.timeline[0].bytes_up
     ends = [o.t_end for o in log.timeline]
     assert all(o.status == "completed" for o in log.timeline)
+    # the timeline's transfer times: each upload took the whole n S / C
+    assert [o.up_s for o in log.timeline] == pytest.approx([4 * s / 1e6] * 4, abs=1e-4)
+    from fleetsim.results import timeline_arrays
+
+    assert "up_s" in timeline_arrays(log) and log.world == frozenset({"sharing"})
     # every device starts its upload at ~0 (download and training take < 1e-5 s)
     assert ends == pytest.approx([4 * s / 1e6] * 4, abs=1e-4)
     assert max(ends) - min(ends) < 1e-9  # equal shares end together

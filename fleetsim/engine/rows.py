@@ -147,7 +147,8 @@ def round_row(r: int, t_start: float, t_end: float, outcomes: Sequence[DeviceRou
 #: timeline columns (DeviceRound fields) written only when the run simulates the world
 #: model that fills them, so a run without it writes the same files as ever
 WORLD_TIMELINE_COLUMNS: dict[str, tuple[str, ...]] = {"bandwidth": ("down_s", "up_s"),
-                                                     "energy": ("energy_j", "battery_ended")}
+                                                     "energy": ("energy_j", "battery_ended"),
+                                                     "sharing": ("down_s", "up_s")}
 #: round columns likewise (after :data:`ROUND_COLUMNS`, in this order)
 WORLD_ROUND_COLUMNS: dict[str, tuple[str, ...]] = {"energy": ("energy_j", "battery_ended"),
                                                   "sharing": ("link_busy_share",)}

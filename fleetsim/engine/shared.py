@@ -159,6 +159,7 @@ def device_round(env: simpy.Environment, links: SharedLinks, timer: DeviceTimer,
     lat = 0.0 if fleet.link_model.latency else fleet.path(d).latency_s
     end, moved, ok = yield from _transfer(env, links, "down", d, t0, lat, nbytes, t_off,
                                           cutoff)
+    out.down_s = end - t0  # (the timeline's transfer times)
     if not ok:
         out.t_end, out.status, out.bytes_down = end, _why(end, t_off), moved
         return
@@ -171,7 +172,7 @@ def device_round(env: simpy.Environment, links: SharedLinks, timer: DeviceTimer,
     end, moved, ok = yield from _transfer(env, links, "up", d, t_up, lat, up_nbytes, t_off,
                                           cutoff)
     assert out.plan is not None
-    out.plan.up_s = end - t_up
+    out.plan.up_s = out.up_s = end - t_up
     out.t_end, out.bytes_up = end, moved
     if ok:
         out.status = "completed"

@@ -352,9 +352,9 @@ class DeviceTimer:
         o.steps, o.macs, o.kept_share_sum = steps, macs, share
 
     def _capped(self, d: int, bw: Any) -> tuple[Any, Any]:
-        """The device's (down, up) bandwidth traces capped by its path's bottleneck."""
-        world = self.fleet._world  # the capped traces fleet.transfer_s itself integrates
-        return world.capped(d, bw, "down"), world.capped(d, bw, "up")
+        """The device's (down, up) bandwidth traces capped by its path's bottleneck (the
+        traces fleet.transfer_s itself integrates)."""
+        return self.fleet.capped_bandwidth(d, "down"), self.fleet.capped_bandwidth(d, "up")
 
     def share(self, vec: tuple[float, ...]) -> float:
         s = self._share_memo.get(vec)
