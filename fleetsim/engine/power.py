@@ -56,6 +56,31 @@ class Power:
         st = self._state(d, t)
         return st is None or not st.off
 
+    def fraction(self, d: int, t: float) -> float:
+        """``d``'s battery charge at ``t`` as a share of its capacity (1.0: no battery);
+        what selectors see (:attr:`fleetsim.server.selection.FleetView.battery_fraction`).
+        Asked only of idle devices (a device mid-round settles when its round does)."""
+        st = self._state(d, t)
+        if st is None:
+            return 1.0
+        bat = self.fleet.battery(d)
+        assert bat is not None
+        return st.level_j / bat.capacity_j
+
+    def left_j(self, o: DeviceRound, t: float) -> float:
+        """Charge above its floor that ``o``'s battery has at ``t`` during its training
+        (download done, compute up to ``t``), as the device would read it (``inf``: no
+        battery; 0: it would be at its floor)."""
+        bat = self.fleet.battery(o.device)
+        if bat is None:
+            return INF
+        st = self._state(o.device, o.t_start)
+        assert st is not None
+        probe = BatteryState(st.level_j, st.t_s, st.off)
+        if probe.spend(self.draw(o, t), bat, self._online(o.device)) < INF:
+            return 0.0
+        return max(probe.level_j - bat.floor_j, 0.0)
+
     def draw(self, o: DeviceRound, t_end: float) -> list[Piece]:
         """What ``o`` drew from its start to ``t_end``, piece by piece."""
         prof = self.fleet.energy(o.device)

@@ -4,6 +4,7 @@ cutoffs and the final evaluation (:class:`Server`), and the selectors' view of t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
@@ -97,6 +98,11 @@ class Server:
         self._idle = 0  # consecutive idle waits
         self.power = timer.power  # batteries and joules (None: no energy model)
         self._alive = self.power.alive if self.power is not None else None
+        if self.power is not None and selector.fleet.battery_fraction is not None:
+            # selectors see battery levels (build gives the view a placeholder the
+            # engine's batteries replace)
+            selector.fleet = dataclasses.replace(selector.fleet,
+                                                 battery_fraction=self.power.fraction)
         #: shared links (fleet.network.sharing): transfers as SimPy events
         self.links = SharedLinks(env, fleet) if fleet.sharing else None
         if self.links is not None:
@@ -148,7 +154,8 @@ class Server:
             "position": {**position, "server": {k: getattr(self, k) for k in self.STATE}},
             "now": self.env.now, "state": self.state,
             "rounds": self.log.rounds, "timeline": self.log.timeline,
-            "selector": vars(self.selector),
+            # (its fleet view is built from the scenario, and may hold the batteries' view)
+            "selector": {k: v for k, v in vars(self.selector).items() if k != "fleet"},
             # the policy's context is built from the scenario; the rest may be its state
             "policy": {k: v for k, v in vars(self.policy).items() if k != "ctx"},
             "server_opt": None if self.server_opt is None else vars(self.server_opt),
