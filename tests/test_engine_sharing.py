@@ -156,3 +156,43 @@ def test_path_latency_comes_before_the_shared_bytes(tmp_path: Path, write_trace_
     s = log.timeline[0].bytes_up
     assert [o.t_end for o in log.timeline] == pytest.approx([1.0 + 2 * s / 1e6] * 2,
                                                              abs=1e-4)
+
+
+def test_a_battery_that_empties_mid_upload_frees_its_share(tmp_path: Path,
+                                                           write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # C = 1000 B/s shared by two uploads of S bytes (own links 100 Mbit/s). Device 0's
+    # radio draws 4 W and its battery holds E = 4 W x S / (2 C) above its floor: it
+    # empties at t_e = t_up + S / (2 C), having moved C/2 x S/(2C) = S/4. Its flow is
+    # removed then; device 1, which also moved S/4, has 3S/4 left at the full C:
+    # it ends at t_e + 3S / (4C) = t_up + 1.25 S / C (both together at t_up + 2 S / C
+    # without the battery).
+    cap_mbps, c = 0.008, 1000.0
+    plain = run(tmp_path, write_trace_file, [100.0, 100.0], cap_mbps)
+    s = plain.timeline[0].bytes_up
+    t_up = plain.timeline[0].t_end - plain.timeline[0].up_s
+    assert [o.t_end for o in plain.timeline] == pytest.approx([t_up + 2 * s / c] * 2,
+                                                              rel=1e-9)
+    e_j = 4.0 * s / (2 * c)
+    frac = (10.0 + e_j) / 100.0
+    energy = (", energy: {full_load_w: 0.0, rx_w: 0.0, tx_w: 4.0, idle_w: 0.0, battery: "
+              "{capacity_j: 100.0, floor_fraction: 0.1, resume_fraction: 0.2, "
+              f"initial_fraction: [{frac!r}, {frac!r}], charge_when: never}}}}")
+    from tests.conftest import make_traces
+
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 2, None, horizon_s=1.0e5))
+    classes = _classes([100.0, 100.0]).split("\n")
+    classes[0] = classes[0][:-1] + energy + "}"
+    (tmp_path / "s.yaml").write_text(SHARED.format(n=2, classes="\n".join(classes),
+                                                   traces="t.h5", cap=cap_mbps))
+    log = build(load_scenario(tmp_path / "s.yaml")).engine.run()
+    d0, d1 = sorted(log.timeline, key=lambda o: o.device)
+    level_j = frac * 100.0 - 10.0  # what the fleet's initial charge holds above the floor
+    t_e = t_up + level_j / 4.0
+    assert t_e == pytest.approx(t_up + s / (2 * c), rel=1e-9)
+    assert (d0.status, d0.battery_ended) == ("dropped", True)
+    assert d0.t_end == pytest.approx(t_e, rel=1e-12)
+    assert d0.bytes_up == pytest.approx(s / 4, abs=1)
+    assert d0.energy_j == pytest.approx(level_j, rel=1e-9)
+    assert (d1.status, d1.battery_ended) == ("completed", False)
+    assert d1.t_end == pytest.approx(t_up + 1.25 * s / c, rel=1e-9)
+    assert log.rounds[0]["battery_ended"] == 1

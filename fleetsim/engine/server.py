@@ -124,14 +124,23 @@ class Server:
         if self.policy.plan(0, cfg.clients_per_round).keep < \
                 self.policy.plan(0, cfg.clients_per_round).select:
             why.append("policy.options.stragglers is 'overcommit'")
-        if any(self.fleet.battery(d) is not None for d in one_per_class(self.fleet)):
-            why.append("a class has a battery (energy without one is counted)")
+        for d in one_per_class(self.fleet):
+            prof = self.fleet.energy(d)
+            if self.fleet.battery(d) is not None and prof is not None and (
+                    prof.joules_per_byte_up is not None
+                    or prof.joules_per_byte_down is not None):
+                # a shared transfer's airtime is known only when it ends, so its
+                # per-byte radio power is not constant, and its battery's empty instant
+                # not known while it runs
+                why.append(f"class {int(self.fleet.class_of[d])} has a battery and radio "
+                           "energy per byte (joules_per_byte_up/down)")
         if why:
             raise UserError(
                 f"{cfg.name}: at 'fleet.network.sharing': shared links are simulated in "
-                f"synchronous rounds without over-commitment or batteries, and "
-                f"{'; '.join(why)}. Allowed: sharing 'off' with these, or sync rounds with "
-                "stragglers 'discard' or 'wait' and energy without batteries.")
+                f"synchronous rounds without over-commitment, with batteries where the "
+                f"radio draws a power (tx_w, rx_w), and {'; '.join(why)}. Allowed: sharing "
+                "'off' with these, or sync rounds with stragglers 'discard' or 'wait' and "
+                "radio powers tx_w / rx_w on classes with batteries.")
 
     def process(self) -> Iterator[simpy.events.Event]:  # pragma: no cover - abstract
         raise NotImplementedError
