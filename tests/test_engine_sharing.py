@@ -196,3 +196,37 @@ def test_a_battery_that_empties_mid_upload_frees_its_share(tmp_path: Path,
     assert (d1.status, d1.battery_ended) == ("completed", False)
     assert d1.t_end == pytest.approx(t_up + 1.25 * s / c, rel=1e-9)
     assert log.rounds[0]["battery_ended"] == 1
+
+
+def test_a_battery_that_empties_mid_download_frees_its_share(tmp_path: Path,
+                                                             write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # the same on the download link (C = 1000 B/s down, uploads free): device 0 receives
+    # at 4 W with E = 4 W x S / (2C) above its floor: cut at S / (2C) with S/4
+    # received, its energy (E) still counted; device 1's download ends at 1.25 S / C
+    from tests.conftest import make_traces
+
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 2, None, horizon_s=1.0e5))
+    shared = SHARED.replace("down_mbps: 1.0e6}}", "down_mbps: 0.008}}")
+    c = 1000.0
+    (tmp_path / "p.yaml").write_text(shared.format(n=2, classes=_classes([100.0, 100.0]),
+                                                   traces="t.h5", cap=1.0e6))
+    plain = build(load_scenario(tmp_path / "p.yaml")).engine.run()
+    s = plain.timeline[0].bytes_down
+    assert [o.down_s for o in plain.timeline] == pytest.approx([2 * s / c] * 2, rel=1e-9)
+    frac = (10.0 + 4.0 * s / (2 * c)) / 100.0
+    energy = (", energy: {full_load_w: 0.0, rx_w: 4.0, tx_w: 0.0, idle_w: 0.0, battery: "
+              "{capacity_j: 100.0, floor_fraction: 0.1, resume_fraction: 0.2, "
+              f"initial_fraction: [{frac!r}, {frac!r}], charge_when: never}}}}")
+    classes = _classes([100.0, 100.0]).split("\n")
+    classes[0] = classes[0][:-1] + energy + "}"
+    (tmp_path / "s.yaml").write_text(shared.format(n=2, classes="\n".join(classes),
+                                                   traces="t.h5", cap=1.0e6))
+    log = build(load_scenario(tmp_path / "s.yaml")).engine.run()
+    d0, d1 = sorted(log.timeline, key=lambda o: o.device)
+    level_j = frac * 100.0 - 10.0
+    assert (d0.status, d0.battery_ended) == ("dropped", True)
+    assert d0.t_end == pytest.approx(level_j / 4.0, rel=1e-12)
+    assert d0.bytes_down == pytest.approx(s / 4, abs=1)
+    assert d0.energy_j == pytest.approx(level_j, rel=1e-9)
+    assert d1.status == "completed"
+    assert d1.down_s == pytest.approx(1.25 * s / c, rel=1e-9)
