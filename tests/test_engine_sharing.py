@@ -230,3 +230,27 @@ def test_a_battery_that_empties_mid_download_frees_its_share(tmp_path: Path,
     assert d0.energy_j == pytest.approx(level_j, rel=1e-9)
     assert d1.status == "completed"
     assert d1.down_s == pytest.approx(1.25 * s / c, rel=1e-9)
+
+
+def test_a_battery_that_empties_while_training_on_shared_links(tmp_path: Path,
+                                                               write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # device 0 trains 10 one-second mini-batches at 2 W with 8 J above its floor: off at
+    # t_dl + 4 s after 4 mini-batches (8 J), never uploading
+    from tests.conftest import make_traces
+    from tests.test_engine_faults import one_step_macs
+
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 2, None, horizon_s=1.0e5))
+    energy = (", energy: {full_load_w: 2.0, rx_w: 0.0, tx_w: 0.0, idle_w: 0.0, battery: "
+              "{capacity_j: 100.0, floor_fraction: 0.1, resume_fraction: 0.2, "
+              "initial_fraction: [0.18, 0.18], charge_when: never}}")
+    classes = _classes([100.0, 100.0]).split("\n")
+    classes[0] = classes[0][:-1].replace("1.0e15", repr(one_step_macs())) + energy + "}"
+    (tmp_path / "s.yaml").write_text(SHARED.format(n=2, classes="\n".join(classes),
+                                                   traces="t.h5", cap=8.0))
+    log = build(load_scenario(tmp_path / "s.yaml", ["training.local_steps=10"])).engine.run()
+    d0, d1 = sorted(log.timeline, key=lambda o: o.device)
+    level_j = 0.18 * 100.0 - 10.0
+    assert (d0.status, d0.battery_ended, d0.steps) == ("dropped", True, 4)
+    assert d0.t_end == pytest.approx(d0.down_s + level_j / 2.0, rel=1e-9)
+    assert d0.energy_j == pytest.approx(level_j, rel=1e-9) and d0.bytes_up == 0
+    assert d1.status == "completed"
