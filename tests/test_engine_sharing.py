@@ -112,6 +112,13 @@ def test_sharing_refuses_what_it_does_not_combine_with(tmp_path: Path,
         run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
             extra=("server.mode=async", "server.concurrency=2", "server.buffer_size=2"))
     assert "fleet.network.sharing" in str(e.value) and "async" in str(e.value)
+    # a battery with per-byte radio energy: its power during a shared transfer is unknown
+    per_byte = ("energy: {full_load_w: 1.0, joules_per_byte_up: 1.0e-6, battery: "
+                "{capacity_j: 100.0}}")
+    with pytest.raises(UserError) as e:
+        run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
+            extra=(f"fleet.classes.0.energy={{{per_byte[len('energy: {'):-1]}}}",))
+    assert "fleet.network.sharing" in str(e.value) and "per byte" in str(e.value)
 
 
 def test_staggered_starts_by_hand(tmp_path: Path, write_trace_file) -> None:  # type: ignore[no-untyped-def]
