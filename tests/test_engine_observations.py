@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from fleetsim.build import build, load_scenario
 from fleetsim.dse import Front, write_front
+from fleetsim.policies.base import POLICIES, STOP, Decision, Policy, StepObservation
 from tests.test_engine_energy import ONE
 from tests.test_engine_faults import one_step_macs
 
@@ -124,3 +126,47 @@ def test_the_battery_selector_waits_for_the_recharge(tmp_path: Path, step_macs: 
     assert second.t_start == pytest.approx(t1 + 60.0 * math.ceil((back - t1) / 60.0),
                                            rel=1e-12)
     assert second.t_start > back
+
+
+class _Seeing(Policy):
+    """Records every observation; trains three full mini-batches."""
+
+    seen: ClassVar[list[StepObservation]] = []
+
+    def decide(self, obs: StepObservation) -> Decision:
+        type(self).seen.append(obs)
+        return STOP if obs.step >= 3 else Decision(self.zero)
+
+
+@pytest.fixture()
+def seeing():  # type: ignore[no-untyped-def]
+    saved = dict(POLICIES._items)
+    POLICIES.add("test-seeing", _Seeing)
+    _Seeing.seen = []
+    yield _Seeing.seen
+    POLICIES._items.clear()
+    POLICIES._items.update(saved)
+
+
+BW = (", bandwidth: {up: {generator: constant, options: {mbps: 1.0}}, "
+      "down: {generator: constant, options: {mbps: 4.0}}}")
+
+
+def test_what_a_deciding_policy_is_told(tmp_path: Path, step_macs: float, seeing) -> None:  # type: ignore[no-untyped-def]
+    run(tmp_path, step_macs, "", ("policy.name=test-seeing",))
+    plain = list(seeing)
+    assert len(plain) == 4 and all(
+        (o.compute_w, o.energy_used_j, o.energy_left_j) == (0.0, 0.0, math.inf)
+        and math.isnan(o.up_mbps) and math.isnan(o.down_mbps) for o in plain)
+    seeing.clear()
+    # 2 W at full load, 1 s mini-batches: 2 J a mini-batch; 50 J above the floor at the
+    # start, the download draws nothing (rx 0, idle 0)
+    bat = (", battery: {capacity_j: 100.0, floor_fraction: 0.1, resume_fraction: 0.2, "
+           "initial_fraction: [0.6, 0.6], charge_when: never}")
+    run(tmp_path, step_macs, f", energy: {{{COMPUTE_ONLY}{bat}}}{BW}",
+        ("policy.name=test-seeing",))
+    assert [o.step for o in seeing] == [0, 1, 2, 3]
+    assert [o.compute_w for o in seeing] == [2.0] * 4
+    assert [o.energy_used_j for o in seeing] == pytest.approx([0.0, 2.0, 4.0, 6.0])
+    assert [o.energy_left_j for o in seeing] == pytest.approx([50.0, 48.0, 46.0, 44.0])
+    assert [(o.up_mbps, o.down_mbps) for o in seeing] == [(1.0, 4.0)] * 4
