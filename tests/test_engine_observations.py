@@ -170,3 +170,7 @@ def test_what_a_deciding_policy_is_told(tmp_path: Path, step_macs: float, seeing
     assert [o.energy_used_j for o in seeing] == pytest.approx([0.0, 2.0, 4.0, 6.0])
     assert [o.energy_left_j for o in seeing] == pytest.approx([50.0, 48.0, 46.0, 44.0])
     assert [(o.up_mbps, o.down_mbps) for o in seeing] == [(1.0, 4.0)] * 4
+    seeing.clear()
+    run(tmp_path, step_macs, BW, ("policy.name=test-seeing",))  # bandwidth alone
+    assert [(o.up_mbps, o.down_mbps, o.compute_w, o.energy_left_j) for o in seeing] == \
+        [(1.0, 4.0, 0.0, math.inf)] * 4
