@@ -88,6 +88,11 @@ CASES = {
                      "{name: clip, options: {max_norm: 1.0}}]",
                      "server.noise={name: gaussian_noise, options: {noise_multiplier: 0.5, "
                      "delta: 1.0e-5}}"],
+    # the batteries and the selector that reads them (the engine's view, not saved)
+    "sync-battery-selector": [
+        "fleet.classes.0.energy={profile: phone, battery: {capacity_j: 100.0, "
+        "initial_fraction: [0.3, 0.9], charge_w: 0.3, charge_when: always}}",
+        "selector.name=battery", "selector.options.min_fraction=0.5"],
     "async-oort-yogi": ["server.mode=async", "server.concurrency=5", "server.buffer_size=3",
                         "selector.name=oort", "server.optimizer.name=yogi",
                         "server.optimizer.lr=0.01"],
