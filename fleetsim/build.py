@@ -479,6 +479,20 @@ def _refuse_unsimulated(sc: Scenario, source: str | None) -> None:
                         "another selector for now.")
 
 
+def _unbound_battery_fraction(device: int, t: float) -> float:
+    raise RuntimeError("FleetView.battery_fraction is read before the engine set it")
+
+
+def _battery_view(fleet: Fleet) -> Any:
+    """A placeholder for the selectors' view of battery levels where some class has a
+    battery (the engine, which owns the batteries, replaces it); None where none has."""
+    from fleetsim.engine.timing import one_per_class
+
+    if any(fleet.battery(d) is not None for d in one_per_class(fleet)):
+        return _unbound_battery_fraction
+    return None
+
+
 def build(sc: Scenario, source: str | None = None, progress: bool = False,
           callbacks: Sequence[Callback] = ()) -> Built:
     """Fleet, data, model, cost model, policy, selector, backend and engine for ``sc``.
@@ -542,7 +556,8 @@ def build(sc: Scenario, source: str | None = None, progress: bool = False,
         raise _in_file(exc, source) from None
     scls = SELECTORS.get(sc.selector.name)
     selector = scls(scls.Options(**sc.selector.options),
-                    FleetView(fleet.n, fleet.class_of, np.asarray(n_samples)))
+                    FleetView(fleet.n, fleet.class_of, np.asarray(n_samples),
+                              _battery_view(fleet)))
     cbs = ([ProgressBar()] if progress else []) + list(callbacks)
     server_opt = None
     if backend is not None:

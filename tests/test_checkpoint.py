@@ -96,6 +96,11 @@ CASES = {
     "sync-batteries": [BATTERY],
     "async-batteries": [BATTERY, "server.mode=async", "server.concurrency=4",
                         "server.buffer_size=2"],
+    # the batteries and the selector that reads them (the engine's view, not saved)
+    "sync-battery-selector": [
+        "fleet.classes.0.energy={profile: phone, battery: {capacity_j: 100.0, "
+        "initial_fraction: [0.3, 0.9], charge_w: 0.3, charge_when: always}}",
+        "selector.name=battery", "selector.options.min_fraction=0.5"],
     "async-oort-yogi": ["server.mode=async", "server.concurrency=5", "server.buffer_size=3",
                         "selector.name=oort", "server.optimizer.name=yogi",
                         "server.optimizer.lr=0.01"],

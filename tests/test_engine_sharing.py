@@ -112,6 +112,13 @@ def test_sharing_refuses_what_it_does_not_combine_with(tmp_path: Path,
         run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
             extra=("server.mode=async", "server.concurrency=2", "server.buffer_size=2"))
     assert "fleet.network.sharing" in str(e.value) and "async" in str(e.value)
+    # a battery with per-byte radio energy: its power during a shared transfer is unknown
+    per_byte = ("energy: {full_load_w: 1.0, joules_per_byte_up: 1.0e-6, battery: "
+                "{capacity_j: 100.0}}")
+    with pytest.raises(UserError) as e:
+        run(tmp_path, write_trace_file, [100.0, 100.0], 8.0,
+            extra=(f"fleet.classes.0.energy={{{per_byte[len('energy: {'):-1]}}}",))
+    assert "fleet.network.sharing" in str(e.value) and "per byte" in str(e.value)
 
 
 def test_staggered_starts_by_hand(tmp_path: Path, write_trace_file) -> None:  # type: ignore[no-untyped-def]
@@ -156,3 +163,101 @@ def test_path_latency_comes_before_the_shared_bytes(tmp_path: Path, write_trace_
     s = log.timeline[0].bytes_up
     assert [o.t_end for o in log.timeline] == pytest.approx([1.0 + 2 * s / 1e6] * 2,
                                                              abs=1e-4)
+
+
+def test_a_battery_that_empties_mid_upload_frees_its_share(tmp_path: Path,
+                                                           write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # C = 1000 B/s shared by two uploads of S bytes (own links 100 Mbit/s). Device 0's
+    # radio draws 4 W and its battery holds E = 4 W x S / (2 C) above its floor: it
+    # empties at t_e = t_up + S / (2 C), having moved C/2 x S/(2C) = S/4. Its flow is
+    # removed then; device 1, which also moved S/4, has 3S/4 left at the full C:
+    # it ends at t_e + 3S / (4C) = t_up + 1.25 S / C (both together at t_up + 2 S / C
+    # without the battery).
+    cap_mbps, c = 0.008, 1000.0
+    plain = run(tmp_path, write_trace_file, [100.0, 100.0], cap_mbps)
+    s = plain.timeline[0].bytes_up
+    t_up = plain.timeline[0].t_end - plain.timeline[0].up_s
+    assert [o.t_end for o in plain.timeline] == pytest.approx([t_up + 2 * s / c] * 2,
+                                                              rel=1e-9)
+    e_j = 4.0 * s / (2 * c)
+    frac = (10.0 + e_j) / 100.0
+    energy = (", energy: {full_load_w: 0.0, rx_w: 0.0, tx_w: 4.0, idle_w: 0.0, battery: "
+              "{capacity_j: 100.0, floor_fraction: 0.1, resume_fraction: 0.2, "
+              f"initial_fraction: [{frac!r}, {frac!r}], charge_when: never}}}}")
+    from tests.conftest import make_traces
+
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 2, None, horizon_s=1.0e5))
+    classes = _classes([100.0, 100.0]).split("\n")
+    classes[0] = classes[0][:-1] + energy + "}"
+    (tmp_path / "s.yaml").write_text(SHARED.format(n=2, classes="\n".join(classes),
+                                                   traces="t.h5", cap=cap_mbps))
+    log = build(load_scenario(tmp_path / "s.yaml")).engine.run()
+    d0, d1 = sorted(log.timeline, key=lambda o: o.device)
+    level_j = frac * 100.0 - 10.0  # what the fleet's initial charge holds above the floor
+    t_e = t_up + level_j / 4.0
+    assert t_e == pytest.approx(t_up + s / (2 * c), rel=1e-9)
+    assert (d0.status, d0.battery_ended) == ("dropped", True)
+    assert d0.t_end == pytest.approx(t_e, rel=1e-12)
+    assert d0.bytes_up == pytest.approx(s / 4, abs=1)
+    assert d0.energy_j == pytest.approx(level_j, rel=1e-9)
+    assert (d1.status, d1.battery_ended) == ("completed", False)
+    assert d1.t_end == pytest.approx(t_up + 1.25 * s / c, rel=1e-9)
+    assert log.rounds[0]["battery_ended"] == 1
+
+
+def test_a_battery_that_empties_mid_download_frees_its_share(tmp_path: Path,
+                                                             write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # the same on the download link (C = 1000 B/s down, uploads free): device 0 receives
+    # at 4 W with E = 4 W x S / (2C) above its floor: cut at S / (2C) with S/4
+    # received, its energy (E) still counted; device 1's download ends at 1.25 S / C
+    from tests.conftest import make_traces
+
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 2, None, horizon_s=1.0e5))
+    shared = SHARED.replace("down_mbps: 1.0e6}}", "down_mbps: 0.008}}")
+    c = 1000.0
+    (tmp_path / "p.yaml").write_text(shared.format(n=2, classes=_classes([100.0, 100.0]),
+                                                   traces="t.h5", cap=1.0e6))
+    plain = build(load_scenario(tmp_path / "p.yaml")).engine.run()
+    s = plain.timeline[0].bytes_down
+    assert [o.down_s for o in plain.timeline] == pytest.approx([2 * s / c] * 2, rel=1e-9)
+    frac = (10.0 + 4.0 * s / (2 * c)) / 100.0
+    energy = (", energy: {full_load_w: 0.0, rx_w: 4.0, tx_w: 0.0, idle_w: 0.0, battery: "
+              "{capacity_j: 100.0, floor_fraction: 0.1, resume_fraction: 0.2, "
+              f"initial_fraction: [{frac!r}, {frac!r}], charge_when: never}}}}")
+    classes = _classes([100.0, 100.0]).split("\n")
+    classes[0] = classes[0][:-1] + energy + "}"
+    (tmp_path / "s.yaml").write_text(shared.format(n=2, classes="\n".join(classes),
+                                                   traces="t.h5", cap=1.0e6))
+    log = build(load_scenario(tmp_path / "s.yaml")).engine.run()
+    d0, d1 = sorted(log.timeline, key=lambda o: o.device)
+    level_j = frac * 100.0 - 10.0
+    assert (d0.status, d0.battery_ended) == ("dropped", True)
+    assert d0.t_end == pytest.approx(level_j / 4.0, rel=1e-12)
+    assert d0.bytes_down == pytest.approx(s / 4, abs=1)
+    assert d0.energy_j == pytest.approx(level_j, rel=1e-9)
+    assert d1.status == "completed"
+    assert d1.down_s == pytest.approx(1.25 * s / c, rel=1e-9)
+
+
+def test_a_battery_that_empties_while_training_on_shared_links(tmp_path: Path,
+                                                               write_trace_file) -> None:  # type: ignore[no-untyped-def]
+    # device 0 trains 10 one-second mini-batches at 2 W with 8 J above its floor: off at
+    # t_dl + 4 s after 4 mini-batches (8 J), never uploading
+    from tests.conftest import make_traces
+    from tests.test_engine_faults import one_step_macs
+
+    write_trace_file("t.h5", make_traces([([0.0], [1.0])] * 2, None, horizon_s=1.0e5))
+    energy = (", energy: {full_load_w: 2.0, rx_w: 0.0, tx_w: 0.0, idle_w: 0.0, battery: "
+              "{capacity_j: 100.0, floor_fraction: 0.1, resume_fraction: 0.2, "
+              "initial_fraction: [0.18, 0.18], charge_when: never}}")
+    classes = _classes([100.0, 100.0]).split("\n")
+    classes[0] = classes[0][:-1].replace("1.0e15", repr(one_step_macs())) + energy + "}"
+    (tmp_path / "s.yaml").write_text(SHARED.format(n=2, classes="\n".join(classes),
+                                                   traces="t.h5", cap=8.0))
+    log = build(load_scenario(tmp_path / "s.yaml", ["training.local_steps=10"])).engine.run()
+    d0, d1 = sorted(log.timeline, key=lambda o: o.device)
+    level_j = 0.18 * 100.0 - 10.0
+    assert (d0.status, d0.battery_ended, d0.steps) == ("dropped", True, 4)
+    assert d0.t_end == pytest.approx(d0.down_s + level_j / 2.0, rel=1e-9)
+    assert d0.energy_j == pytest.approx(level_j, rel=1e-9) and d0.bytes_up == 0
+    assert d1.status == "completed"

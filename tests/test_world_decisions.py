@@ -106,3 +106,6 @@ def test_decisions_the_engine_cannot_inform_are_refused(
         code, err = run_cli(capsys, "run", str(p), "--set", "policy.name=distreal-energy",
                             *TIMING)
         check_error(code, err, str(p), "at 'policy.name'", "pass energy to policies")
+    if "battery_selection" in done:  # the engine informs it: the run goes through
+        code, err = run_cli(capsys, "run", str(p), "--set", "selector.name=battery", *TIMING)
+        assert code == 0, err

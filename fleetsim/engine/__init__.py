@@ -33,8 +33,10 @@ from fleetsim.engine.rows import (
 from fleetsim.engine.settings import EngineSettings
 
 #: The world models the engine simulates (``build`` refuses a scenario that configures
-#: another one): per-device bandwidth traces, energy and batteries, shared links.
-WORLD_FEATURES = frozenset({"bandwidth", "energy", "sharing"})
+#: another one): per-device bandwidth traces, energy and batteries, shared links, and
+#: decisions that see them (policies' observations, selectors' battery levels).
+WORLD_FEATURES = frozenset({"bandwidth", "energy", "sharing", "observations",
+                            "battery_selection"})
 
 __all__ = [
     "ASYNC_REPEAT_STRIDE",

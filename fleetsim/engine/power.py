@@ -56,6 +56,31 @@ class Power:
         st = self._state(d, t)
         return st is None or not st.off
 
+    def fraction(self, d: int, t: float) -> float:
+        """``d``'s battery charge at ``t`` as a share of its capacity (1.0: no battery);
+        what selectors see (:attr:`fleetsim.server.selection.FleetView.battery_fraction`).
+        Asked only of idle devices (a device mid-round settles when its round does)."""
+        st = self._state(d, t)
+        if st is None:
+            return 1.0
+        bat = self.fleet.battery(d)
+        assert bat is not None
+        return st.level_j / bat.capacity_j
+
+    def left_j(self, o: DeviceRound, t: float) -> float:
+        """Charge above its floor that ``o``'s battery has at ``t`` during its training
+        (download done, compute up to ``t``), as the device would read it (``inf``: no
+        battery; 0: it would be at its floor)."""
+        bat = self.fleet.battery(o.device)
+        if bat is None:
+            return INF
+        st = self._state(o.device, o.t_start)
+        assert st is not None
+        probe = BatteryState(st.level_j, st.t_s, st.off)
+        if probe.spend(self.draw(o, t), bat, self._online(o.device)) < INF:
+            return 0.0
+        return max(probe.level_j - bat.floor_j, 0.0)
+
     def draw(self, o: DeviceRound, t_end: float) -> list[Piece]:
         """What ``o`` drew from its start to ``t_end``, piece by piece."""
         prof = self.fleet.energy(o.device)
@@ -89,6 +114,35 @@ class Power:
         assert st is not None
         probe = BatteryState(st.level_j, st.t_s, st.off)
         return probe.spend(self.draw(o, o.t_end), bat, self._online(o.device))
+
+    def empty_during(self, o: DeviceRound, direction: str, t: float) -> float:
+        """When ``o``'s battery reaches its floor during a transfer from ``t`` (its phase's
+        start, latency included) whose end is not known yet (shared links): the radio's
+        power is constant then, so the instant is that of the draw so far followed by
+        one piece of constant power, the same arithmetic :meth:`commit` does later
+        (``inf``: it lasts, or no battery). The battery itself does not move."""
+        bat, prof = self.fleet.battery(o.device), self.fleet.energy(o.device)
+        if bat is None or prof is None:
+            return INF
+        assert prof.joules_per_byte_up is None and prof.joules_per_byte_down is None, \
+            "per-byte radio energy with shared links and batteries is refused by the server"
+        st = self._state(o.device, o.t_start)
+        assert st is not None
+        probe = BatteryState(st.level_j, st.t_s, st.off)
+        online = self._online(o.device)
+        before = self.draw(o, t) if o.plan is not None else []
+        t_empty = probe.spend(before, bat, online)
+        if t_empty < INF:
+            return t_empty
+        w = prof.idle_w + prof.radio_w(direction, 0, 1.0)  # type: ignore[arg-type]
+        # charging adds at most charge_w (an online device charges while it transfers),
+        # so the level reaches the floor by t + left / (w - charge_w), or never
+        charge_w = 0.0 if bat.charge_when == "never" else bat.charge_w
+        if w <= charge_w:
+            return INF
+        left_j = max(probe.level_j - bat.floor_j, 0.0)
+        horizon = t + 2.0 * left_j / (w - charge_w) + 1.0
+        return probe.spend([(t, horizon, w)], bat, online)
 
     def commit(self, o: DeviceRound) -> None:
         """Settle ``o`` at its final end: its joules, and its battery spends them."""

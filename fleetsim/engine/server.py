@@ -4,6 +4,7 @@ cutoffs and the final evaluation (:class:`Server`), and the selectors' view of t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
@@ -97,6 +98,11 @@ class Server:
         self._idle = 0  # consecutive idle waits
         self.power = timer.power  # batteries and joules (None: no energy model)
         self._alive = self.power.alive if self.power is not None else None
+        if self.power is not None and selector.fleet.battery_fraction is not None:
+            # selectors see battery levels (build gives the view a placeholder the
+            # engine's batteries replace)
+            selector.fleet = dataclasses.replace(selector.fleet,
+                                                 battery_fraction=self.power.fraction)
         #: shared links (fleet.network.sharing): transfers as SimPy events
         self.links = SharedLinks(env, fleet) if fleet.sharing else None
         if self.links is not None:
@@ -118,14 +124,23 @@ class Server:
         if self.policy.plan(0, cfg.clients_per_round).keep < \
                 self.policy.plan(0, cfg.clients_per_round).select:
             why.append("policy.options.stragglers is 'overcommit'")
-        if any(self.fleet.battery(d) is not None for d in one_per_class(self.fleet)):
-            why.append("a class has a battery (energy without one is counted)")
+        for d in one_per_class(self.fleet):
+            prof = self.fleet.energy(d)
+            if self.fleet.battery(d) is not None and prof is not None and (
+                    prof.joules_per_byte_up is not None
+                    or prof.joules_per_byte_down is not None):
+                # a shared transfer's airtime is known only when it ends, so its
+                # per-byte radio power is not constant, and its battery's empty instant
+                # not known while it runs
+                why.append(f"class {int(self.fleet.class_of[d])} has a battery and radio "
+                           "energy per byte (joules_per_byte_up/down)")
         if why:
             raise UserError(
                 f"{cfg.name}: at 'fleet.network.sharing': shared links are simulated in "
-                f"synchronous rounds without over-commitment or batteries, and "
-                f"{'; '.join(why)}. Allowed: sharing 'off' with these, or sync rounds with "
-                "stragglers 'discard' or 'wait' and energy without batteries.")
+                f"synchronous rounds without over-commitment, with batteries where the "
+                f"radio draws a power (tx_w, rx_w), and {'; '.join(why)}. Allowed: sharing "
+                "'off' with these, or sync rounds with stragglers 'discard' or 'wait' and "
+                "radio powers tx_w / rx_w on classes with batteries.")
 
     def process(self) -> Iterator[simpy.events.Event]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -148,7 +163,8 @@ class Server:
             "position": {**position, "server": {k: getattr(self, k) for k in self.STATE}},
             "now": self.env.now, "state": self.state,
             "rounds": self.log.rounds, "timeline": self.log.timeline,
-            "selector": vars(self.selector),
+            # (its fleet view is built from the scenario, and may hold the batteries' view)
+            "selector": {k: v for k, v in vars(self.selector).items() if k != "fleet"},
             # the policy's context is built from the scenario; the rest may be its state
             "policy": {k: v for k, v in vars(self.policy).items() if k != "ctx"},
             "server_opt": None if self.server_opt is None else vars(self.server_opt),

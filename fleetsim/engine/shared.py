@@ -26,7 +26,7 @@ from typing import Any
 
 import simpy
 
-from fleetsim.engine.rows import DeviceRound
+from fleetsim.engine.rows import DeviceRound, Plan
 from fleetsim.engine.timing import DeviceTimer
 from fleetsim.fleet import Fleet
 from fleetsim.links import ConstantRate, FlowNetwork
@@ -151,33 +151,55 @@ def device_round(env: simpy.Environment, links: SharedLinks, timer: DeviceTimer,
                  out: DeviceRound, a: Any, cutoff: float, deadline_s: float | None,
                  nbytes: int, up_nbytes: int) -> Generator[simpy.events.Event, Any, None]:
     """One device's round over shared links (a SimPy process): download, training (the
-    timer's exact steps), upload; going offline or the cutoff stops it at that instant."""
-    fleet = timer.fleet
+    timer's exact steps), upload; going offline, its battery reaching its floor or the
+    cutoff stops it at that instant.
+
+    A battery empties during a transfer at an instant known when the transfer starts
+    (the radio's power is constant during it), so that instant is one more stop time of
+    the flow, exactly like going offline; during training the timer finds it as on
+    private links. The server commits the round's energy afterwards (``Power.commit``).
+    """
+    fleet, power = timer.fleet, timer.power
     d, t0 = out.device, out.t_start
     t_off = fleet.trace(d).next_offline(t0)
     # the path's latency comes first, as on private links (unless the network models it)
     lat = 0.0 if fleet.link_model.latency else fleet.path(d).latency_s
-    end, moved, ok = yield from _transfer(env, links, "down", d, t0, lat, nbytes, t_off,
-                                          cutoff)
+    t_bat = power.empty_during(out, "down", t0) if power is not None else INF
+    end, moved, ok = yield from _transfer(env, links, "down", d, t0, lat, nbytes,
+                                          min(t_off, t_bat), cutoff)
     out.down_s = end - t0  # (the timeline's transfer times)
     if not ok:
-        out.t_end, out.status, out.bytes_down = end, _why(end, t_off), moved
+        out.t_end, out.status, out.bytes_down = end, _why(end, min(t_off, t_bat)), moved
+        out.battery_ended = out.status == "dropped" and end == t_bat
+        # what the download drew (the server commits its energy)
+        out.plan = Plan(nbytes, lat, t0, end - t0)
         return
     timer._schedule(out, a, cutoff, deadline_s, record=False, down_s_given=end - t0,
                     stop_at_upload=True)
+    t_bat = power.empty_at(out) if power is not None else INF
+    if t_bat < INF:  # its battery reaches its floor while it trains: offline then
+        fresh = DeviceRound(d, out.round, t0, start_version=out.start_version)
+        timer._schedule(fresh, a, cutoff, deadline_s, record=False, down_s_given=end - t0,
+                        stop_at_upload=True, t_off_cap=t_bat)
+        for f in DeviceRound.__slots__:
+            setattr(out, f, getattr(fresh, f))
+        out.down_s = end - t0
+        out.battery_ended = out.status == "dropped" and out.t_end == t_bat
     if out.status != "uploading":  # its fate during training: wait for it
         yield env.timeout(max(out.t_end - env.now, 0.0))
         return
     t_up = out.t_end  # the upload starts then (the network process starts it)
-    end, moved, ok = yield from _transfer(env, links, "up", d, t_up, lat, up_nbytes, t_off,
-                                          cutoff)
+    t_bat = power.empty_during(out, "up", t_up) if power is not None else INF
+    end, moved, ok = yield from _transfer(env, links, "up", d, t_up, lat, up_nbytes,
+                                          min(t_off, t_bat), cutoff)
     assert out.plan is not None
     out.plan.up_s = out.up_s = end - t_up
     out.t_end, out.bytes_up = end, moved
     if ok:
         out.status = "completed"
     else:
-        out.status, out.job = _why(end, t_off), None
+        out.status, out.job = _why(end, min(t_off, t_bat)), None
+        out.battery_ended = out.status == "dropped" and end == t_bat
 
 
 def _why(end: float, t_off: float) -> str:
@@ -188,7 +210,8 @@ def _transfer(env: simpy.Environment, links: SharedLinks, direction: str, d: int
               t: float, lat: float, nbytes: int, t_off: float, cutoff: float
               ) -> Generator[simpy.events.Event, Any, tuple[float, int, bool]]:
     """(end, bytes moved, completed) of a transfer from ``t``: latency, then the flow;
-    going offline wins a tie, an arrival at the cutoff counts (as on private links)."""
+    going offline (``t_off``: offline, or the battery at its floor) wins a tie, an
+    arrival at the cutoff counts (as on private links)."""
     stop = min(t_off, cutoff)
     if lat > 0.0 and (t + lat >= t_off or t + lat > cutoff):
         yield env.timeout(max(stop - env.now, 0.0))

@@ -82,6 +82,9 @@ class DeviceTimer:
             self.power = Power(fleet)
         else:
             self.schedule = self._schedule  # type: ignore[method-assign]  # (no wrapper)
+        # deciding policies see energy and bandwidth where they are modelled (else the
+        # observation keeps its defaults, and nothing changes)
+        self._observe = self.power is not None or self.bandwidth
 
     def schedule(self, out: DeviceRound, a: Assignment, cutoff: float,
                  deadline_s: float | None, record: bool, key: int | None = None) -> None:
@@ -243,7 +246,8 @@ class DeviceTimer:
                     up_s = up_tr.transfer_s(t, up_nbytes, lat)
                 vec = self.policy.decide(StepObservation(
                     d, cls, out.round, step, t, tr.availability_at(t),
-                    deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, vec)).vector
+                    deadline_abs - t - up_s, up_s, peak, batch, a, costs, rng, vec,
+                    **(self._seen(out, t, peak) if self._observe else {}))).vector
                 vec = check_vector(name, vec, n_groups)
                 if vec is None:
                     break
@@ -302,6 +306,24 @@ class DeviceTimer:
         samples = a.samples
         out.job = UpdateJob(d, key, float(n), tuple(vectors), tuple(step_vec), a.mode,
                             a.reselect, a.offset, self.train_spec.prox_mu, samples)
+
+    def _seen(self, out: DeviceRound, t: float, peak: float) -> dict[str, float]:
+        """What device ``out.device`` knows of its energy and bandwidth at ``t``, before a
+        mini-batch (:class:`~fleetsim.policies.base.StepObservation`'s trailing fields;
+        those of models its class lacks keep their defaults)."""
+        d, seen = out.device, {}
+        prof = self.fleet.energy(d) if self.power is not None else None
+        if prof is not None:
+            assert self.power is not None
+            w = prof.compute_w(peak)
+            # compute joules over idle so far: w times the seconds of work at full
+            # availability (the exact integral of w * a(t) over the steps done)
+            seen.update(compute_w=w, energy_used_j=w * out.macs / peak,
+                        energy_left_j=self.power.left_j(out, t))
+        bw = self.fleet.bandwidth(d) if self.bandwidth else None
+        if bw is not None:
+            seen.update(up_mbps=bw.up.rate_mbps_at(t), down_mbps=bw.down.rate_mbps_at(t))
+        return seen
 
     @staticmethod
     def _stopped(out: DeviceRound, tr: Any, work: list[tuple[float, float, float, float]] | None,
