@@ -15,21 +15,11 @@ import torch
 
 from fleetsim.build import build, load_scenario, trainer_settings
 from fleetsim.errors import UserError
-from fleetsim.server.selection import SELECTORS
 from fleetsim.training import Trainer, UpdateJob
-from tests.test_async import LowestIdle, scenario
+from tests.test_async import _lowest_idle, scenario  # noqa: F401 (autouse fixture: the selector)
 from tests.test_engine_faults import one_step_macs
 
 TINY = Path(__file__).parents[1] / "scenarios" / "tiny.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _lowest_idle():  # type: ignore[no-untyped-def]
-    saved = dict(SELECTORS._items)
-    SELECTORS.add("test-lowest-idle", LowestIdle)
-    yield
-    SELECTORS._items.clear()
-    SELECTORS._items.update(saved)
 
 
 @pytest.fixture(scope="module")
