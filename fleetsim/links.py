@@ -167,6 +167,13 @@ class FlowNetwork:
         self._changes: list[tuple[float, int]] = []  # (own cap's next change, flow id)
         self._held: list[Finished] = []  # completions met inside start/remove
         self._dirty = False
+        #: nothing has changed since the last advance to ``now``: advancing to ``now``
+        #: again finds nothing (the shared engine asks often: one call per stop time)
+        self._settled = False
+        #: next_event's answer while nothing changes (the engine asks several times
+        #: between changes); any change of flows, groups or time drops it
+        self._next: Event | None = None
+        self._next_known = False
         self._link_bytes = np.zeros(len(self._names))
         self._link_busy_s = np.zeros(len(self._names))
 
@@ -180,8 +187,10 @@ class FlowNetwork:
 
         Flows that complete on the way to ``t`` are not lost: the next :meth:`advance`
         returns them (with their own end times)."""
-        met = self.advance(t)  # (advance replaces _held: extend the new one)
-        self._held.extend(met)
+        if t != self.now:  # (at now: what is due now is found by the next advance)
+            met = self.advance(t)  # (advance replaces _held: extend the new one)
+            self._held.extend(met)
+        self._settled = self._next_known = False
         if not isinstance(own, int | float) and own.next_change_s(t) == INF:
             own = float(own.rate_bytes_per_s(t))  # one group for all equal constant caps
         flow_id = int(flow_id)
@@ -216,6 +225,7 @@ class FlowNetwork:
         """
         met = self.advance(t)  # (advance replaces _held: extend the new one)
         self._held.extend(met)
+        self._settled = self._next_known = False
         f = self._flows.pop(flow_id)
         if f.group is None:
             return 0.0
@@ -230,6 +240,13 @@ class FlowNetwork:
 
         Ties: completions first, then by flow id.
         """
+        if self._next_known:
+            return self._next
+        self._next = self._next_event()
+        self._next_known = True
+        return self._next
+
+    def _next_event(self) -> Event | None:
         if not self._flows:
             return None
         self._refresh()
@@ -260,12 +277,20 @@ class FlowNetwork:
         earlier :meth:`start` or :meth:`remove` first."""
         if t < self.now:
             raise ValueError(f"time {t!r} s is before the network's time {self.now!r} s")
+        if t == self.now and self._settled and not self._held:
+            return []
         out, self._held = self._held, []
         while True:
             ev = self.next_event()
-            if ev is None or ev.time_s > t:
+            if ev is not None and ev.time_s <= t:
+                te = ev.time_s
+            elif self.now < t:
+                # to t; a flow whose end lies within rounding of t (its progress there
+                # already at its bytes, or its end one ulp on) completes at t and is
+                # found by the next look: none is popped and forgotten
+                te = t
+            else:
                 break
-            te = ev.time_s
             done = self._move(te)
             for fid in sorted(done):  # everything due at te happens together, by id
                 f = self._flows.pop(fid)
@@ -286,7 +311,7 @@ class FlowNetwork:
                     sent = min(g.progress - f3.start, f3.nbytes)
                     self._leave(g)
                     self._join(f3, te, sent)
-        self._move(t)
+        self._settled = True  # (the next event lies after now)
         return out
 
     # -- what the caller may read -----------------------------------------------------
@@ -336,17 +361,20 @@ class FlowNetwork:
         g.count += 1
         heapq.heappush(g.heap, (f.start + f.nbytes, f.flow_id, f.joins))
         self._dirty = True
+        self._next_known = False
 
     def _leave(self, g: _Group) -> None:
         g.count -= 1
         if g.count == 0:
             del self._groups[g.key]
         self._dirty = True
+        self._next_known = False
 
     def _move(self, t: float) -> list[int]:
         """Let every group progress at its rate from ``now`` to ``t``; the ids of the
         flows that are complete at ``t``."""
         self._refresh()
+        self._next_known = False
         dt = t - self.now
         done: list[int] = []
         if self._groups:

@@ -309,3 +309,38 @@ def test_completions_met_inside_start_are_not_lost() -> None:
     net.start(7.0, 3, ["a"], 1 * MB, 0.25 * MB)
     net.rate(2)
     assert len(net._groups) == 1
+
+
+def test_a_flow_ending_within_rounding_of_an_advance_is_reported_not_lost() -> None:
+    # found by a random search: the flow's end lies one ulp after t, but its progress at
+    # t already reaches its bytes; it used to be popped from its group and never
+    # reported (its device then sat until the cutoff and counted as late)
+    cap, t0, nbytes, own = (1546803.005475732, 0.6438499789158003, 9813207.467960723,
+                            11907098.293435972)
+    net = FlowNetwork({"a": LinkSpec(cap)})
+    net.advance(t0)
+    net.start(t0, 1, ["a"], nbytes, own)
+    t_end = t0 + nbytes / cap
+    ev = net.next_event()
+    assert ev is not None and ev.time_s == pytest.approx(t_end, rel=1e-15)
+    t = float(np.nextafter(ev.time_s, -INF))
+    done = net.advance(t)
+    if done:  # reported at t, one ulp before its exact end
+        assert done == [(1, t, nbytes)] and net.active() == []
+    else:  # or still active, with its completion ahead
+        assert net.active() == [1] and run_all(net) == {1: ev.time_s}
+
+
+def test_no_flow_is_lost_on_advances_just_short_of_its_end() -> None:
+    rng = random.Random(1)
+    for _ in range(600):
+        cap, t0 = rng.uniform(1e3, 1e7), rng.uniform(0, 100)
+        nbytes, own = rng.uniform(1e3, 1e7), rng.uniform(1e3, 1e8)
+        net = FlowNetwork({"a": LinkSpec(cap)})
+        net.advance(t0)
+        net.start(t0, 1, ["a"], nbytes, own)
+        ev = net.next_event()
+        assert ev is not None
+        done = net.advance(float(np.nextafter(ev.time_s, -INF)))
+        rest = run_all(net)
+        assert len(done) + len(rest) == 1 and net.active() == []

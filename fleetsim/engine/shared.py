@@ -53,8 +53,9 @@ class SharedLinks:
         #: (its device goes offline, or the cutoff): kept here rather than as a SimPy
         #: timeout per transfer, so a transfer costs one event
         self._stops: list[tuple[float, int, str]] = []
-        #: (start time, flow id, direction, device, bytes, stop): flows that start later
-        #: (an upload once training ends), started by the network process at their time
+        #: (start time, flow id, direction, device, bytes, stop): flows to start, by the
+        #: network process at their time (now, or later: an upload once training ends),
+        #: all of one instant together
         self._starts: list[tuple[float, int, str, int, int, float]] = []
         env.process(self._run())
 
@@ -65,7 +66,10 @@ class SharedLinks:
         flow's stop time comes first."""
         t = max(t, self._now)
         stops, starts = self._stops, self._starts
+        events = self._events
         while True:
+            while stops and (stops[0][2], stops[0][1]) not in events:
+                heapq.heappop(stops)  # its flow is done: nothing happens then
             ts = min(stops[0][0] if stops else INF, starts[0][0] if starts else INF)
             upto = min(t, ts)
             done = []
@@ -78,14 +82,21 @@ class SharedLinks:
             if ts > t:
                 break
             if starts and starts[0][0] == ts and not (stops and stops[0][0] < ts):
-                _, fid, direction, device, nbytes, stop = heapq.heappop(starts)
-                self._start_now(direction, device, fid, nbytes, stop)
+                while starts and starts[0][0] == ts:  # all of this instant's, by id
+                    _, fid, direction, device, nbytes, stop = heapq.heappop(starts)
+                    self._start_now(direction, device, fid, nbytes, stop)
                 continue
             _, fid, direction = heapq.heappop(stops)
             ev = self._events.pop((direction, fid), None)
             if ev is not None:  # still moving: removed now, its share freed
                 moved = self.nets[direction].remove(self._now, fid)
                 ev.succeed((self._now, int(moved), False))
+            # the other stops at this instant whose flows are already done change
+            # nothing: drop them here rather than look at both networks once for each
+            # (most stops are a round's cutoff, long after its transfers ended)
+            while (stops and stops[0][0] == ts
+                   and (stops[0][2], stops[0][1]) not in self._events):
+                heapq.heappop(stops)
 
     def _poke(self) -> None:
         if not self._wake.triggered:
@@ -98,11 +109,10 @@ class SharedLinks:
         ev = self.env.event()
         fid = next(self._ids)
         self._events[(direction, fid)] = ev
-        if t > self._now:  # later: the network process starts it then (no SimPy timeout)
-            heapq.heappush(self._starts, (t, fid, direction, device, nbytes, stop))
-        else:
-            self._advance(t)
-            self._start_now(direction, device, fid, nbytes, stop)
+        # the network process starts it at its time (no SimPy timeout), together with
+        # every other flow that starts at that instant (one recomputation of rates)
+        heapq.heappush(self._starts, (max(t, self._now), fid, direction, device, nbytes,
+                                      stop))
         self._poke()
         return ev
 
