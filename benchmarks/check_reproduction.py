@@ -9,6 +9,9 @@ printed:
     python benchmarks/check_reproduction.py --summary runs/paper/summary.csv \
         --ablation runs/paper-bn/summary.csv --write     # the study and its bn ablation
 
+The sweep's table (between ``<!-- choice:begin -->`` and ``<!-- choice:end -->``) is
+``docs/reproduction/lr_choice.csv``, the ``choice.csv`` of ``fleetsim choose``.
+
 A summary written by a report that compares at equal simulated time (``common_time_s``
 and ``bn_stats`` columns) gets two more columns: each method's batch-norm mode (and
 whether it is the method's default) and its accuracy at the common time T.
@@ -28,6 +31,8 @@ SUMMARY = REPO / "docs" / "reproduction" / "summary.csv"
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 ABL_BEGIN, ABL_END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 ABLATION = REPO / "docs" / "reproduction" / "ablation_summary.csv"
+CH_BEGIN, CH_END = "<!-- choice:begin -->", "<!-- choice:end -->"
+CHOICE = REPO / "docs" / "reproduction" / "lr_choice.csv"
 BN_MODES = ("running", "batch", "static")
 POLICY_ORDER = ("distreal", "distreal+anchor_full=true", "uniform-adaptive",
                 "distreal-static", "fedavg", "fedavg+stragglers=wait", "fedprox", "fednova",
@@ -154,6 +159,38 @@ def ablation_table(summary: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def choice_table(choice: Path) -> str:
+    """The sweep's validation scores (``fleetsim choose``'s choice.csv, keyed by learning
+    rate and batch-norm mode): one row per method, **bold** the chosen cell, and the
+    method's own batch-norm default."""
+    with choice.open() as f:
+        rows = list(csv.DictReader(f))
+    lr_key, bn_key = "training.optimizer.lr", "model.options.bn_stats"
+    lrs = sorted({r[lr_key] for r in rows}, key=float)
+    score: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in rows:
+        score[(r["policy"], r[lr_key], r[bn_key].strip('"'))] = r
+    policies = sorted({r["policy"] for r in rows}, key=_order)
+    cols = [(lr, m) for lr in lrs for m in BN_MODES]
+    out = ["| method | " + " | ".join(f"{lr} `{m}`" for lr, m in cols)
+           + " | chosen | own default |", "|---|" + "---:|" * len(cols) + "---|---|"]
+    for p in policies:
+        cells, chosen, own = [], "", "none (the model's: running)"
+        for lr, m in cols:
+            r = score.get((p, lr, m))
+            if r is None:
+                cells.append("–")
+                continue
+            text = f"{float(r['score']):.3f}"
+            if r["chosen"] == "1":
+                text, chosen = f"**{text}**", f"{lr}, `{m}`"
+            cells.append(text)
+            if r.get("method_default"):
+                own = r["method_default"].rsplit("=", 1)[-1].strip('"')
+        out.append(f"| {p} | " + " | ".join(cells) + f" | {chosen} | {own} |")
+    return "\n".join(out) + "\n"
+
+
 def current_block(doc: str, begin: str = BEGIN, end: str = END) -> str:
     return doc.split(begin, 1)[1].split(end, 1)[0].strip("\n") + "\n"
 
@@ -176,6 +213,8 @@ def main() -> int:
     doc = DOC.read_text()
     if args.write:
         doc = _replace(doc, BEGIN, END, want)
+        if CH_BEGIN in doc and CHOICE.is_file():
+            doc = _replace(doc, CH_BEGIN, CH_END, choice_table(CHOICE))
         if ablation is not None:
             if ABL_BEGIN not in doc:
                 doc += f"\n{ABL_BEGIN}\n{ABL_END}\n"
@@ -186,6 +225,11 @@ def main() -> int:
         return 0
     if current_block(doc) != want:
         print(f"{DOC}: the tables differ from {args.summary}; run with --write", file=sys.stderr)
+        return 1
+    if CH_BEGIN in doc and CHOICE.is_file() and current_block(
+            doc, CH_BEGIN, CH_END) != choice_table(CHOICE):
+        print(f"{DOC}: the choice table differs from {CHOICE}; run with --write",
+              file=sys.stderr)
         return 1
     if ablation is not None and (ABL_BEGIN not in doc or current_block(
             doc, ABL_BEGIN, ABL_END) != ablation_table(ablation)):

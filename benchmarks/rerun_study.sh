@@ -6,7 +6,8 @@
 #     bash benchmarks/rerun_study.sh [JOBS]        # JOBS: runs at once (default 2)
 #
 # Resumable: run it again after an interruption and complete runs are kept. Writes
-# runs/paper-lr (sweep), runs/paper (study), runs/paper-bn (ablation) and a timing log
+# runs/paper-lr (sweep), runs/paper (study), runs/paper-bn (ablation), runs/paper-anchor
+# (the front test, benchmarks/anchor_test.py) and a timing log
 # runs/rerun-times.txt; then copies the summaries into docs/reproduction/ and rewrites
 # the tables of docs/reproduction.md from them (the text around them is updated by hand).
 #
@@ -55,6 +56,15 @@ $FLEETSIM compare "$SCENARIO" --policies "$(cat runs/paper-lr/ablation.txt)" \
     --set model.options.bn_stats=running,batch,static $EQUAL \
     --out runs/paper-bn --jobs "$JOBS" --quiet
 $FLEETSIM report runs/paper-bn --target-accuracy 0.9 --baseline fedavg
+
+if tr ',' '\n' < runs/paper-lr/policies.txt | grep -E '^distreal(:|$)' | grep -qv anchor_full
+then
+    log "front test: distreal with anchor_full at plain distreal's chosen (lr, bn_stats),"
+    log "  paired with the study's plain distreal runs"
+    ${PYTHON:-python} benchmarks/anchor_test.py --scenario "$SCENARIO" --seeds "$SEEDS" \
+        --dwells "$DWELLS" --budget "$BUDGET" --jobs "$JOBS" --fleetsim "$FLEETSIM" $EXTRA \
+        | tee runs/paper-anchor.txt
+fi
 
 log "copy the summaries and rewrite the document's tables"
 cp runs/paper-lr/choice.csv docs/reproduction/lr_choice.csv
