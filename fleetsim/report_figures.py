@@ -106,6 +106,23 @@ def policy_styles(policies: Sequence[str]) -> dict[str, dict[str, str]]:
             for i, p in enumerate(policies)}
 
 
+def policy_hatches(policies: Sequence[str]) -> dict[str, str]:
+    """The hatch of each policy's bars, with :func:`policy_styles`' colours."""
+    return {p: HATCHES[(i // 10) % len(HATCHES)] for i, p in enumerate(policies)}
+
+
+#: bars have no line style: the eleventh policy on gets a hatch instead (so a bar of it
+#: never looks like the first policy's)
+HATCHES = ("", "///", "...", "xxx")
+
+
+def short_labels(labels: Sequence[str]) -> dict[str, str]:
+    """Tick labels without the ``@setting`` part a study adds (``fedavg@lr=0.02`` ->
+    ``fedavg``) where that leaves them distinct; otherwise the labels themselves."""
+    short = {p: p.partition("@")[0] for p in labels}
+    return short if len(set(short.values())) == len(short) else {p: p for p in labels}
+
+
 def mean_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = GRID_POINTS
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """Curves interpolated on a common time grid: (grid, mean, min, max).
@@ -312,7 +329,7 @@ def figure_per_class(rows: Sequence[dict[str, Any]]) -> Figure:
     setting (rows: :func:`fleetsim.report.per_class_summary`)."""
     settings = list(dict.fromkeys((str(r["scenario"]), str(r["overrides"])) for r in rows))
     policies = list(dict.fromkeys(str(r["policy"]) for r in rows))
-    style = policy_styles(policies)
+    style, hatch = policy_styles(policies), policy_hatches(policies)
     several = len({s for s, _ in settings}) > 1
     fig, axes = grid_axes(len(settings))
     handles: dict[str, Any] = {}
@@ -330,7 +347,8 @@ def figure_per_class(rows: Sequence[dict[str, Any]]) -> Figure:
                 x = k - 0.4 + width * (i + 0.5)
                 v = float(r["completed_share"])
                 bar = ax.bar(x, 0.0 if math.isnan(v) else v, width=width * 0.9,
-                             color=style[p]["color"], edgecolor="black", lw=0.4)
+                             color=style[p]["color"], edgecolor="black", lw=0.4,
+                             hatch=hatch[p])
                 handles.setdefault(p, bar)
                 j = float(r["jain_participation"])
                 if len(pols) <= 6:  # beyond that the labels would overlap
@@ -345,8 +363,12 @@ def figure_per_class(rows: Sequence[dict[str, Any]]) -> Figure:
     _label_left(axes, "share of selections aggregated")
     figure_legend(fig, [handles[p] for p in policies if p in handles],
                   [p for p in policies if p in handles])
+    labelled = all(len([p for p in policies if any(r["policy"] == p and (r["scenario"],
+                   r["overrides"]) == st for r in rows)]) <= 6 for st in settings)
     fig.suptitle("numbers above bars: Jain's index of participation\n(n/a: no device of "
-                 "the class aggregated)", fontsize=_style.small_pt)
+                 "the class aggregated)" if labelled else "Jain's index of participation: "
+                 "per_class.csv (too many policies to label the bars)",
+                 fontsize=_style.small_pt)
     return fig
 
 
@@ -402,7 +424,7 @@ def figure_speedup(rows: Sequence[Summary], baseline: str) -> Figure:
     from matplotlib.patches import Patch
 
     settings = settings_of(rows)
-    style = policy_styles(policies_of(rows))
+    style, hatch = policy_styles(policies_of(rows)), policy_hatches(policies_of(rows))
     several = len({s for s, _ in settings}) > 1
     fig, axes = grid_axes(len(settings))
     top = 1.2 * max((s.speedup for s in rows if math.isfinite(s.speedup)), default=1.0)
@@ -431,17 +453,18 @@ def figure_speedup(rows: Sequence[Summary], baseline: str) -> Figure:
                         ha="left", va="center", fontsize=_style.small_pt - 1)
                 continue
             ax.bar(i, s.speedup, width=0.7, color=style[s.policy]["color"], alpha=0.9,
-                   edgecolor="black", lw=0.6, label=s.policy)
+                   edgecolor="black", lw=0.6, label=s.policy, hatch=hatch[s.policy])
             ax.text(i, s.speedup, f"{s.speedup:.2f}", ha="center", va="bottom",
                     fontsize=_style.small_pt - 1)
         ax.axhline(1.0, color="0.3", lw=1, ls=":")
-        ax.set_xticks(range(len(block)), [s.policy for s in block])
+        short = short_labels(policies_of(rows))
+        ax.set_xticks(range(len(block)), [short[s.policy] for s in block])
         _rotate(ax)
         ax.set_xlim(-0.6, max(len(block), 1) - 0.4)
         ax.set_title(panel_title(setting, several))
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylim(0, 1.15 * top)  # room for the labels (the axis is shared)
-    _label_left(axes, f"speed-up vs {baseline}")
+    _label_left(axes, f"speed-up vs {short_labels(policies_of(rows)).get(baseline, baseline)}")
     handles = [Patch(facecolor="0.6", edgecolor="black"),
                Line2D([], [], color="0.3", lw=2.0, marker=r"$\downarrow$", markersize=8),
                Patch(visible=False)]

@@ -18,7 +18,9 @@ from fleetsim.report_figures import (
     figure_distributions,
     figure_speedup,
     panel_title,
+    policy_hatches,
     policy_styles,
+    short_labels,
 )
 from fleetsim.timeunits import pick_time_unit
 
@@ -200,3 +202,17 @@ def test_long_legend_labels_do_not_overlap() -> None:
             assert not a.overlaps(b), (a, b)
     width = fig.get_size_inches()[0] * fig.dpi
     assert all(b.x0 >= 0 and b.x1 <= width for b in boxes)
+
+
+def test_bars_of_eleven_policies_differ_and_ticks_drop_the_setting() -> None:
+    runs, rows = dwell_batch()
+    order = ["fedavg", *sorted(TEN, key=_natural)]
+    styles, hatches = policy_styles(order), policy_hatches(order)
+    # bars have no line style: the eleventh policy's bars are told apart by a hatch
+    assert len({(styles[p]["color"], hatches[p]) for p in order}) == 11
+    assert [hatches[p] for p in order] == [""] * 10 + ["///"]
+    # tick labels without a study's "@lr=..." part, unless that makes two alike
+    assert short_labels(["fedavg@lr=0.02", "fjord@lr=0.1"]) == {
+        "fedavg@lr=0.02": "fedavg", "fjord@lr=0.1": "fjord"}
+    assert short_labels(["fedavg@lr=0.02", "fedavg@lr=0.1"]) == {
+        "fedavg@lr=0.02": "fedavg@lr=0.02", "fedavg@lr=0.1": "fedavg@lr=0.1"}
