@@ -205,7 +205,6 @@ def test_long_legend_labels_do_not_overlap() -> None:
 
 
 def test_bars_of_eleven_policies_differ_and_ticks_drop_the_setting() -> None:
-    runs, rows = dwell_batch()
     order = ["fedavg", *sorted(TEN, key=_natural)]
     styles, hatches = policy_styles(order), policy_hatches(order)
     # bars have no line style: the eleventh policy's bars are told apart by a hatch
