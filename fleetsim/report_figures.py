@@ -396,7 +396,8 @@ def figure_distributions(runs: Sequence[RunData], rows: Sequence[Summary],
                    meanprops={"marker": "^", "markerfacecolor": MEAN_COLOR,
                               "markeredgecolor": MEAN_COLOR, "markersize": 5},
                    flierprops={"marker": "o", "markersize": 3, "markerfacecolor": "none"})
-        ax.set_xticks(range(1, len(policies) + 1), policies)
+        short = short_labels(policies)
+        ax.set_xticks(range(1, len(policies) + 1), [short[p] for p in policies])
         _rotate(ax)
         ax.set_title(panel_title(setting, several))
         ax.grid(alpha=0.3, axis="y")
