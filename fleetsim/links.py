@@ -167,9 +167,6 @@ class FlowNetwork:
         self._changes: list[tuple[float, int]] = []  # (own cap's next change, flow id)
         self._held: list[Finished] = []  # completions met inside start/remove
         self._dirty = False
-        #: nothing has changed since the last advance to ``now``: advancing to ``now``
-        #: again finds nothing (the shared engine asks often: one call per stop time)
-        self._settled = False
         #: next_event's answer while nothing changes (the engine asks several times
         #: between changes); any change of flows, groups or time drops it
         self._next: Event | None = None
@@ -190,7 +187,7 @@ class FlowNetwork:
         if t != self.now:  # (at now: what is due now is found by the next advance)
             met = self.advance(t)  # (advance replaces _held: extend the new one)
             self._held.extend(met)
-        self._settled = self._next_known = False
+        self._next_known = False
         if not isinstance(own, int | float) and own.next_change_s(t) == INF:
             own = float(own.rate_bytes_per_s(t))  # one group for all equal constant caps
         flow_id = int(flow_id)
@@ -225,7 +222,7 @@ class FlowNetwork:
         """
         met = self.advance(t)  # (advance replaces _held: extend the new one)
         self._held.extend(met)
-        self._settled = self._next_known = False
+        self._next_known = False
         f = self._flows.pop(flow_id)
         if f.group is None:
             return 0.0
@@ -277,8 +274,6 @@ class FlowNetwork:
         earlier :meth:`start` or :meth:`remove` first."""
         if t < self.now:
             raise ValueError(f"time {t!r} s is before the network's time {self.now!r} s")
-        if t == self.now and self._settled and not self._held:
-            return []
         out, self._held = self._held, []
         while True:
             ev = self.next_event()
@@ -311,7 +306,6 @@ class FlowNetwork:
                     sent = min(g.progress - f3.start, f3.nbytes)
                     self._leave(g)
                     self._join(f3, te, sent)
-        self._settled = True  # (the next event lies after now)
         return out
 
     # -- what the caller may read -----------------------------------------------------

@@ -106,14 +106,14 @@ def policy_styles(policies: Sequence[str]) -> dict[str, dict[str, str]]:
             for i, p in enumerate(policies)}
 
 
-def policy_hatches(policies: Sequence[str]) -> dict[str, str]:
-    """The hatch of each policy's bars, with :func:`policy_styles`' colours."""
-    return {p: HATCHES[(i // 10) % len(HATCHES)] for i, p in enumerate(policies)}
-
-
 #: bars have no line style: the eleventh policy on gets a hatch instead (so a bar of it
 #: never looks like the first policy's)
 HATCHES = ("", "///", "...", "xxx")
+
+
+def policy_hatches(policies: Sequence[str]) -> dict[str, str]:
+    """The hatch of each policy's bars, with :func:`policy_styles`' colours."""
+    return {p: HATCHES[(i // 10) % len(HATCHES)] for i, p in enumerate(policies)}
 
 
 def short_labels(labels: Sequence[str]) -> dict[str, str]:
@@ -333,11 +333,13 @@ def figure_per_class(rows: Sequence[dict[str, Any]]) -> Figure:
     several = len({s for s, _ in settings}) > 1
     fig, axes = grid_axes(len(settings))
     handles: dict[str, Any] = {}
+    labelled = True
     for ax, setting in zip(axes, settings):
         block = [r for r in rows if (r["scenario"], r["overrides"]) == setting]
         classes = list(dict.fromkeys(str(r["device_class"]) for r in block))
         pols = [p for p in policies if any(r["policy"] == p for r in block)]
         width = 0.8 / max(len(pols), 1)
+        labelled = labelled and len(pols) <= 6  # beyond that the labels would overlap
         for i, p in enumerate(pols):
             for k, c in enumerate(classes):
                 r = next((r for r in block if r["policy"] == p and r["device_class"] == c),
@@ -351,7 +353,7 @@ def figure_per_class(rows: Sequence[dict[str, Any]]) -> Figure:
                              hatch=hatch[p])
                 handles.setdefault(p, bar)
                 j = float(r["jain_participation"])
-                if len(pols) <= 6:  # beyond that the labels would overlap
+                if len(pols) <= 6:
                     ax.text(x, (0.0 if math.isnan(v) else v) + 0.02,
                             "n/a" if math.isnan(j) else f"{j:.2f}", ha="center", va="bottom",
                             fontsize=_style.small_pt - 1, rotation=90)
@@ -363,8 +365,6 @@ def figure_per_class(rows: Sequence[dict[str, Any]]) -> Figure:
     _label_left(axes, "share of selections aggregated")
     figure_legend(fig, [handles[p] for p in policies if p in handles],
                   [p for p in policies if p in handles])
-    labelled = all(len([p for p in policies if any(r["policy"] == p and (r["scenario"],
-                   r["overrides"]) == st for r in rows)]) <= 6 for st in settings)
     fig.suptitle("numbers above bars: Jain's index of participation\n(n/a: no device of "
                  "the class aggregated)" if labelled else "Jain's index of participation: "
                  "per_class.csv (too many policies to label the bars)",
@@ -426,6 +426,7 @@ def figure_speedup(rows: Sequence[Summary], baseline: str) -> Figure:
 
     settings = settings_of(rows)
     style, hatch = policy_styles(policies_of(rows)), policy_hatches(policies_of(rows))
+    short = short_labels(policies_of(rows))
     several = len({s for s, _ in settings}) > 1
     fig, axes = grid_axes(len(settings))
     top = 1.2 * max((s.speedup for s in rows if math.isfinite(s.speedup)), default=1.0)
@@ -458,14 +459,13 @@ def figure_speedup(rows: Sequence[Summary], baseline: str) -> Figure:
             ax.text(i, s.speedup, f"{s.speedup:.2f}", ha="center", va="bottom",
                     fontsize=_style.small_pt - 1)
         ax.axhline(1.0, color="0.3", lw=1, ls=":")
-        short = short_labels(policies_of(rows))
         ax.set_xticks(range(len(block)), [short[s.policy] for s in block])
         _rotate(ax)
         ax.set_xlim(-0.6, max(len(block), 1) - 0.4)
         ax.set_title(panel_title(setting, several))
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylim(0, 1.15 * top)  # room for the labels (the axis is shared)
-    _label_left(axes, f"speed-up vs {short_labels(policies_of(rows)).get(baseline, baseline)}")
+    _label_left(axes, f"speed-up vs {short.get(baseline, baseline)}")
     handles = [Patch(facecolor="0.6", edgecolor="black"),
                Line2D([], [], color="0.3", lw=2.0, marker=r"$\downarrow$", markersize=8),
                Patch(visible=False)]

@@ -69,7 +69,9 @@ class SharedLinks:
         events = self._events
         while True:
             while stops and (stops[0][2], stops[0][1]) not in events:
-                heapq.heappop(stops)  # its flow is done: nothing happens then
+                # its flow is done: nothing happens then (most stops are a round's
+                # cutoff, long after its transfers ended), so no need to move the networks
+                heapq.heappop(stops)
             ts = min(stops[0][0] if stops else INF, starts[0][0] if starts else INF)
             upto = min(t, ts)
             done = []
@@ -91,12 +93,6 @@ class SharedLinks:
             if ev is not None:  # still moving: removed now, its share freed
                 moved = self.nets[direction].remove(self._now, fid)
                 ev.succeed((self._now, int(moved), False))
-            # the other stops at this instant whose flows are already done change
-            # nothing: drop them here rather than look at both networks once for each
-            # (most stops are a round's cutoff, long after its transfers ended)
-            while (stops and stops[0][0] == ts
-                   and (stops[0][2], stops[0][1]) not in self._events):
-                heapq.heappop(stops)
 
     def _poke(self) -> None:
         if not self._wake.triggered:
