@@ -35,7 +35,7 @@ Prints every run's final accuracy, then, per check of issue 25's item 3, the per
 gaps, their mean and 95% t interval, and the verdict on the mean over seeds.
 
     python benchmarks/pipeline.py [--seeds 0 1 2 3 4] [--rounds 30] [--workers 2]
-    python benchmarks/pipeline.py --mechanism [--seeds 0 1]
+    python benchmarks/pipeline.py --mechanism [--seeds 0 1 2 3 4 5 6 7]
 """
 
 from __future__ import annotations
