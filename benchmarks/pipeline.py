@@ -170,23 +170,25 @@ def main() -> None:
     def gaps(label: str, ref: str = "clean mean") -> list[float]:
         return [(res[ref, s]["acc"] - res[label, s]["acc"]) * 100 for s in seeds]
 
-    def show(name: str, xs: list[float], target: float) -> None:
+    def show(name: str, xs: list[float], target: float | None = None) -> None:
+        """One check's per-seed gaps, mean and interval; a verdict only for a target of
+        issue 25 (controls and mechanism tests have none)."""
         m, h = interval(xs)
-        verdict = "MET" if m <= target else "NOT MET"
-        upper = "" if math.isnan(h) else (f"; upper end {'<=' if m + h <= target else '>'} "
-                                          f"{target:g}")
-        print(f"{name:<46} {' '.join(f'{x:+5.2f}' for x in xs)}  mean {m:+.2f} "
-              f"[{m - h:+.2f}, {m + h:+.2f}]  {verdict} (within {target:g}{upper})")
+        line = (f"{name:<46} {' '.join(f'{x:+5.2f}' for x in xs)}  mean {m:+.2f} "
+                f"[{m - h:+.2f}, {m + h:+.2f}]")
+        if target is not None:
+            upper = "" if math.isnan(h) else (f"; upper end {'<=' if m + h <= target else '>'}"
+                                              f" {target:g}")
+            line += f"  {'MET' if m <= target else 'NOT MET'} (within {target:g}{upper})"
+        print(line)
 
     if args.mechanism:
         print(f"points below the attack-free mean of the same fleet, per seed {seeds}\n")
         for r in ("median", "trimmed_mean"):
-            show(f"20 devices: {r} under attack", gaps(f"small attack {r}", "small clean mean"),
-                 3)
-        show("20 devices, 10 a round: topk 1% + EF", gaps("small clean topk", "small clean mean"),
-             2)
+            show(f"20 devices: {r} under attack", gaps(f"small attack {r}", "small clean mean"))
+        show("20 devices, 10 a round: topk 1% + EF", gaps("small clean topk", "small clean mean"))
         show("20 devices, 20 a round: topk 1% + EF",
-             gaps("all-in clean topk", "all-in clean mean"), 2)
+             gaps("all-in clean topk", "all-in clean mean"))
         share = [res["small attack median", s]["attackers"] for s in seeds]
         print(f"attackers' share of the updates that arrived: "
               f"{' '.join(f'{x:.3f}' for x in share)}", flush=True)
@@ -199,11 +201,11 @@ def main() -> None:
     for r in ROBUST:
         show(f"{r} under attack", gaps(f"attack {r}"), 3)
     for r in ROBUST:
-        show(f"  {r}: attacked vs itself attack-free", gaps(f"attack {r}", f"clean {r}"), 3)
+        show(f"  {r}: attacked vs itself attack-free", gaps(f"attack {r}", f"clean {r}"))
     for r in ROBUST:
-        show(f"  {r} attack-free (its own price)", gaps(f"clean {r}"), 3)
+        show(f"  {r} attack-free (its own price)", gaps(f"clean {r}"))
     for r in ("median", "trimmed_mean"):
-        show(f"  IID split: {r} attacked", gaps(f"iid attack {r}", "iid clean mean"), 3)
+        show(f"  IID split: {r} attacked", gaps(f"iid attack {r}", "iid clean mean"))
     ratios = [res["clean mean", s]["up"] / res["clean topk", s]["up"] for s in seeds]
     print(f"{'topk 1% bytes up, times fewer':<46} {' '.join(f'{x:5.1f}' for x in ratios)}  "
           f"({'MET' if min(ratios) >= 30 else 'NOT MET'}: >= 30x)")
